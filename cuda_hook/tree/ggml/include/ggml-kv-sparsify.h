@@ -1,0 +1,70 @@
+// SPDX-License-Identifier: MIT
+// ElasticKV: the GGML_OP_KV_SPARSIFY op, an in-place per-head magnitude threshold on a KV-cache tensor.
+// The readable definition of this op is tests/reference/kv_sparsify.py in the ElasticKV repository;
+// the CPU kernel (ggml-cpu/kv-sparsify.cpp) and the CUDA kernel (ggml-cuda/kv-sparsify.cu) follow it.
+#pragma once
+
+#include "ggml.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Per-cell code in the `cells` list (I32 pairs: cell index, code). A negative code skips the entry.
+// The low 16 bits are the statistic group (a sequence); the flags say what the op does with the cell.
+#define GGML_KV_SPARSIFY_GROUP_MASK 0xFFFF
+#define GGML_KV_SPARSIFY_PROCESS    (1 << 16) // |x| enters the group's statistic, then |x| < tau is zeroed
+#define GGML_KV_SPARSIFY_OBSERVE    (1 << 17) // values and non-zeros are counted after the pass
+#define GGML_KV_SPARSIFY_HIST       (1 << 18) // survivors per aligned 32-value block are histogrammed
+
+// Entries zeroed per block are histogrammed over aligned runs of this many values inside a head.
+#define GGML_KV_SPARSIFY_BLOCK 32
+
+// State of one (group, head): GGML_KV_SPARSIFY_NSTATE doubles, laid out [NSTATE, n_head, n_group] (F64).
+enum ggml_kv_sparsify_state {
+    GGML_KV_SPARSIFY_S        = 0, // running sum of |x| behind tau (this pass in full mode, all passes in incremental)
+    GGML_KV_SPARSIFY_N        = 1, // running count of values behind tau
+    GGML_KV_SPARSIFY_TAU      = 2, // threshold used by the last pass: scale * S / N
+    GGML_KV_SPARSIFY_N_PROC   = 3, // values thresholded by the last pass
+    GGML_KV_SPARSIFY_NNZ_PROC = 4, // of those, non-zero after the pass
+    GGML_KV_SPARSIFY_N_OBS    = 5, // values of OBSERVE cells
+    GGML_KV_SPARSIFY_NNZ_OBS  = 6, // of those, non-zero after the pass
+    GGML_KV_SPARSIFY_S_PASS   = 7, // sum of |x| over this pass's PROCESS cells, before zeroing
+    GGML_KV_SPARSIFY_N_PASS   = 8, // count of values over this pass's PROCESS cells
+    GGML_KV_SPARSIFY_HIST0    = 9, // 33 bins: number of 32-value blocks with 0..32 non-zero values after the pass
+    GGML_KV_SPARSIFY_NSTATE   = GGML_KV_SPARSIFY_HIST0 + GGML_KV_SPARSIFY_BLOCK + 1,
+};
+
+// Zero, in place, the entries of a KV-cache tensor whose magnitude is below a per-(group, head) threshold.
+//   a     : rows of one cache stream, [n_embd, n_cells] (one row per cell), or [n_cells, n_embd] when `trans`
+//           (flash attention off: V is stored transposed). n_embd = n_head * head_dim.
+//           Types F32, F16, BF16, and Q8_0, Q4_0, Q5_0 (not transposed; quantized codes are set to exact zero).
+//   cells : I32 [2, n_list]: (cell index, code) pairs, see GGML_KV_SPARSIFY_* above.
+//   state : F64 [GGML_KV_SPARSIFY_NSTATE, n_head, n_group], persistent between passes.
+//   For each group g and head h: S_pass, N_pass = sum and count of |x| over the PROCESS cells of g;
+//   full mode: S = S_pass, N = N_pass; incremental: S += S_pass, N += N_pass. tau = scale * (S / N).
+//   Every x of a PROCESS cell with |x| < tau becomes 0. Returns view(a).
+GGML_API struct ggml_tensor * ggml_kv_sparsify(
+        struct ggml_context * ctx,
+        struct ggml_tensor  * a,
+        struct ggml_tensor  * cells,
+        struct ggml_tensor  * state,
+        float                 scale,
+        bool                  trans,
+        bool                  incremental);
+
+// Op parameters, read by the kernels.
+struct ggml_kv_sparsify_params {
+    float scale;
+    bool  trans;
+    bool  incremental;
+    int   n_head;
+    int   head_dim;
+    int   n_group;
+    int   n_list;
+};
+GGML_API struct ggml_kv_sparsify_params ggml_kv_sparsify_get_params(const struct ggml_tensor * dst);
+
+#ifdef __cplusplus
+}
+#endif

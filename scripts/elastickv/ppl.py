@@ -1,0 +1,163 @@
+# SPDX-License-Identifier: Apache-2.0
+"""llama-perplexity runs with provenance: one JSON record and one raw log per run.
+
+The measurement follows SPEC.md §2: ``-b`` and ``-ub`` equal EVICT_EVERY so that every ubatch attends to a
+cache the hook has already sparsified, and KL divergence / top-1 agreement are taken against the logits of
+the unmodified f16 model (``--kl-divergence-base``, cached in build/cache/kld, never in results/).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from . import envvars, logparse, models, paths, pypi, results, stats, tools
+
+#: bits per stored value of llama.cpp cache types (32-value blocks: 2-byte scale + codes)
+BITS_PER_VALUE = {"f32": 32.0, "f16": 16.0, "bf16": 16.0, "q8_0": 8.5, "q5_1": 6.0, "q5_0": 5.5, "q4_1": 5.0,
+                  "q4_0": 4.5, "iq4_nl": 4.5}
+
+
+@dataclass
+class PplSettings:
+    """What a perplexity run measures; equal settings mean an existing record can be reused."""
+
+    model: str
+    data: str  # path relative to the repository root
+    ctx: int = 512
+    batch: int = 64  # -b = -ub, equal to ELASTICKV_EVICT_EVERY
+    chunks: int | None = 10  # None: the whole file
+    flash_attn: str = "on"
+    cache_type_k: str = "f16"
+    cache_type_v: str = "f16"
+    threads: int = 2
+    variant: str = "cpu"
+    hook: dict[str, str] = field(default_factory=dict)  # ELASTICKV_* (without STATS, which the runner sets)
+    extra_args: list[str] = field(default_factory=list)
+
+
+def kld_base_path(s: PplSettings) -> Path:
+    """Where the base logits of these settings live (independent of hook and cache type)."""
+    data_sha = pypi.sha256_of(paths.ROOT / s.data)[:12]
+    chunks = "all" if s.chunks is None else str(s.chunks)
+    return paths.CACHE / "kld" / f"{s.model}-{data_sha}-c{s.ctx}-b{s.batch}-n{chunks}-fa{s.flash_attn}.kld"
+
+
+def _command(s: PplSettings, model_path: Path, kld: str | None, base: Path | None) -> list[str]:
+    binary = tools.require_binary(paths.binary("llama-perplexity", variant=s.variant))
+    cmd = [paths.relative(binary), "-m", paths.relative(model_path), "-c", str(s.ctx), "-b", str(s.batch),
+           "-ub", str(s.batch), "-t", str(s.threads), "-fa", s.flash_attn, "-ctk", s.cache_type_k,
+           "-ctv", s.cache_type_v, "-lv", "4"]
+    if s.chunks is not None:
+        cmd += ["--chunks", str(s.chunks)]
+    if kld == "compare":
+        cmd += ["--kl-divergence-base", paths.relative(base), "--kl-divergence"]
+    else:
+        cmd += ["-f", s.data]
+        if kld == "base":
+            cmd += ["--kl-divergence-base", paths.relative(base)]
+    return cmd + list(s.extra_args)
+
+
+def resident_ratio(kv: logparse.KvCacheInfo) -> float:
+    """f16-equivalent KV bytes over the real KV bytes of the run (1.00 for any dense f16 cache)."""
+    f16_mib = kv.k_mib * 16.0 / BITS_PER_VALUE[kv.k_type] + kv.v_mib * 16.0 / BITS_PER_VALUE[kv.v_type]
+    return f16_mib / (kv.k_mib + kv.v_mib)
+
+
+class RecordMismatch(RuntimeError):
+    """A record exists for this run name with other settings; pass force to replace it."""
+
+
+def run(name: str, s: PplSettings, out_dir: Path, kld: str | None = None, force: bool = False) -> dict:
+    """Runs (or reuses) one perplexity measurement and returns its record.
+
+    ``kld``: None (plain perplexity), "base" (also save the base logits) or "compare" (KL divergence
+    against the base logits of the same settings, which must exist).
+    """
+    out_dir = Path(out_dir)
+    rec_path = out_dir / f"{name}.json"
+    settings = asdict(s) | {"kld": kld}
+    if rec_path.exists() and not force:
+        old = json.loads(rec_path.read_text())
+        if old.get("settings") == settings:
+            return old  # finished before: resume without redoing it
+        raise RecordMismatch(f"{paths.relative(rec_path)} holds a run with other settings; use --force to replace it")
+
+    model_path = models.fetch(s.model)
+    base = kld_base_path(s) if kld else None
+    if kld == "base":
+        base.parent.mkdir(parents=True, exist_ok=True)
+    if kld == "compare" and not base.exists():
+        raise FileNotFoundError(f"no base logits at {paths.relative(base)}; run the baseline first")
+
+    hook_env = dict(s.hook)
+    stats_path = None
+    if hook_env.get("ELASTICKV") == "1":
+        stats_path = out_dir / f"{name}.stats.jsonl"
+        stats_path.unlink(missing_ok=True)  # records are appended by the hook
+        hook_env["ELASTICKV_STATS"] = paths.relative(stats_path)
+    resolved = envvars.resolve(hook_env)
+
+    cmd = _command(s, model_path, kld, base)
+    log_path = out_dir / f"{name}.log"
+    started = results.now()
+    _, text = tools.run(cmd, log_path, hook_env)
+    finished = results.now()
+
+    kv = logparse.kv_cache(text)
+    metrics: dict = {
+        "kv_mib": kv.mib,
+        "kv_types": [kv.k_type, kv.v_type],
+        "hadamard_rotation": {"k": kv.rot_k, "v": kv.rot_v},
+        "flash_attn": logparse.flash_attn(text),
+        "resident": resident_ratio(kv),
+    }
+    if kld == "compare":
+        k = logparse.kld_stats(text)
+        metrics |= {
+            "ppl": {"value": k.ppl[0], "stderr": k.ppl[1]},
+            "ppl_base": {"value": k.ppl_base[0], "stderr": k.ppl_base[1]},
+            "ln_ppl_ratio": {"value": k.ln_ratio[0], "stderr": k.ln_ratio[1]},
+            "kld": {"value": k.kld[0], "stderr": k.kld[1]},
+            "kld_quantiles": k.kld_quantiles,
+            "same_top_p_pct": {"value": k.same_top_p[0], "stderr": k.same_top_p[1]},
+            "rms_dp_pct": {"value": k.rms_dp[0], "stderr": k.rms_dp[1]},
+            "chunks_scored": len(k.per_chunk),
+        }
+    else:
+        v, e = logparse.final_ppl(text)
+        metrics |= {"ppl": {"value": v, "stderr": e}, "chunks_scored": len(logparse.chunk_ppls(text))}
+    if stats_path is not None:
+        _, heads = stats.read(stats_path)
+        summ = stats.summarize(heads)
+        metrics |= {k: summ[k] for k in ("sparsity_k_all", "sparsity_v_all", "sparsity_k_region",
+                                          "sparsity_v_region", "nominal", "bitmap", "n_states", "n_passes",
+                                          "per_layer", "hist")}
+        metrics["stats"] = paths.relative(stats_path)
+    else:
+        metrics |= {"sparsity_k_all": 0.0, "sparsity_v_all": 0.0, "nominal": 1.0, "bitmap": None}
+
+    record = {
+        "schema_version": 1,
+        "kind": "perplexity",
+        "name": name,
+        "started": started,
+        "finished": finished,
+        "command": cmd,
+        "env": hook_env,
+        "elastickv": resolved,
+        "settings": settings,
+        "git": results.git_info(),
+        "upstream": results.upstream_info(patched=True),
+        "build": {"tree": paths.relative(paths.LLAMA_SRC), "variant": s.variant, "binary": cmd[0]},
+        "model": {"name": s.model, "file": paths.relative(model_path), "sha256": models.entry(s.model)[1]["sha256"]},
+        "data": {"file": s.data, "sha256": pypi.sha256_of(paths.ROOT / s.data)},
+        "device": results.device_info(),
+        "metrics": metrics,
+        "log": paths.relative(log_path),
+    }
+    results.validate(record)
+    results.write_json_atomic(rec_path, record)
+    return record

@@ -1,0 +1,85 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Run records: provenance, the documented schema (run.schema.json, results/SCHEMA.md), atomic writes."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import platform
+import subprocess
+import tempfile
+from functools import lru_cache
+from pathlib import Path
+
+from . import paths, upstream
+
+SCHEMA_PATH = Path(__file__).with_name("run.schema.json")
+
+
+def now() -> str:
+    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def git_info() -> dict:
+    """This repository's commit and whether the work tree differs from it (None when unknown)."""
+    try:
+        commit = subprocess.run(["git", "-C", str(paths.ROOT), "rev-parse", "HEAD"], capture_output=True,
+                                text=True, check=True).stdout.strip()
+        status = subprocess.run(["git", "-C", str(paths.ROOT), "status", "--porcelain", "--untracked-files=no"],
+                                capture_output=True, text=True, check=True).stdout
+        return {"commit": commit, "dirty": bool(status.strip())}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": "unknown", "dirty": None}
+
+
+def upstream_info(patched: bool) -> dict:
+    up = upstream.read()
+    return {"commit": up["LLAMACPP_COMMIT"], "sdist": f"{up['SDIST_PACKAGE']}=={up['SDIST_VERSION']}",
+            "sdist_sha256": up["SDIST_SHA256"], "patched": patched}
+
+
+@lru_cache(maxsize=1)
+def device_info() -> dict:
+    """CPU model and core count, the GPU if nvidia-smi sees one, and the platform."""
+    cpu = platform.processor() or "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True, timeout=20)
+        if out.returncode == 0 and out.stdout.strip():
+            gpu = out.stdout.strip().splitlines()[0]
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return {"cpu": cpu, "n_cpu": os.cpu_count() or 0, "gpu": gpu, "platform": platform.platform()}
+
+
+def write_json_atomic(path: Path, obj: object) -> None:
+    """Writes JSON so that a reader never sees a half-written file (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, sort_keys=False)
+            f.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def validate(record: dict) -> None:
+    """Raises jsonschema.ValidationError if the record does not follow run.schema.json."""
+    import jsonschema
+
+    with open(SCHEMA_PATH) as f:
+        schema = json.load(f)
+    jsonschema.validate(record, schema)

@@ -1,0 +1,111 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Reading ``ELASTICKV_STATS`` JSONL files and turning them into sparsity and compression figures.
+
+A record ``{"record": "head", ...}`` describes one (pass, sequence, layer, K/V, head) after the pass:
+``n``/``nnz`` over the entries thresholded by the pass, ``n_obs``/``nnz_obs`` over every entry of the
+sequence's cells (sinks included), ``hist`` the number of 32-value blocks with 0..32 survivors.
+The state of a cache is the *last* pass of each sequence before it is rewound (``epoch``): those records
+are what the run-level figures below are computed from.
+
+Compression accounting (SPEC.md §1): nominal = N / nnz; bitmap = 16 N / (N + 16 nnz) (dense f16 against a
+1-bit mask plus f16 non-zeros); resident = real bytes of the KV buffers, which zeroing never changes.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+
+def read(path: Path) -> tuple[list[dict], list[dict]]:
+    """(config records, head records) of a stats file."""
+    configs, heads = [], []
+    with open(path) as f:
+        for line in f:
+            line = line.strip()
+            if not line:
+                continue
+            rec = json.loads(line)
+            (configs if rec.get("record") == "config" else heads).append(rec)
+    return configs, heads
+
+
+def final_records(heads: list[dict]) -> list[dict]:
+    """The records of the last pass of every (context, sequence, epoch)."""
+    last: dict[tuple, int] = {}
+    for r in heads:
+        key = (r["ctx"], r["seq"], r["epoch"])
+        last[key] = max(last.get(key, -1), r["pass"])
+    return [r for r in heads if last[(r["ctx"], r["seq"], r["epoch"])] == r["pass"]]
+
+
+def nominal(n: float, nnz: float) -> float:
+    return n / nnz if nnz else float("inf")
+
+
+def bitmap(n: float, nnz: float) -> float:
+    return 16.0 * n / (n + 16.0 * nnz) if n else float("nan")
+
+
+def summarize(heads: list[dict]) -> dict:
+    """Run-level figures from the final state of every sequence.
+
+    Returns sparsity of K and V over all entries (``*_all``, sinks included) and over the thresholded
+    region (``*_region``), nominal and bitmap compression of K+V together, the number of final states and
+    passes, per-layer sparsity, and the survivor histogram per K/V.
+    """
+    final = final_records(heads)
+    if not final:
+        raise ValueError("the stats file holds no pass (was the context shorter than ELASTICKV_WARM?)")
+    tot = {kv: {"n_obs": 0.0, "nnz_obs": 0.0, "n": 0.0, "nnz": 0.0} for kv in ("k", "v")}
+    hist = {kv: np.zeros(33) for kv in ("k", "v")}
+    layer = defaultdict(lambda: [0.0, 0.0])
+    for r in final:
+        t = tot[r["kv"]]
+        t["n_obs"] += r["n_obs"]
+        t["nnz_obs"] += r["nnz_obs"]
+        t["n"] += r["n"]
+        t["nnz"] += r["nnz"]
+        hist[r["kv"]] += np.asarray(r["hist"], dtype=float)
+        acc = layer[(r["layer"], r["kv"])]
+        acc[0] += r["n_obs"]
+        acc[1] += r["nnz_obs"]
+
+    def sparsity(n: float, nnz: float) -> float | None:
+        return 1.0 - nnz / n if n else None
+
+    n_all = tot["k"]["n_obs"] + tot["v"]["n_obs"]
+    nnz_all = tot["k"]["nnz_obs"] + tot["v"]["nnz_obs"]
+    out = {
+        "n_states": len({(r["ctx"], r["seq"], r["epoch"]) for r in final}),
+        "n_passes": len({(r["ctx"], r["pass"]) for r in heads}),
+        "sparsity_k_all": sparsity(tot["k"]["n_obs"], tot["k"]["nnz_obs"]),
+        "sparsity_v_all": sparsity(tot["v"]["n_obs"], tot["v"]["nnz_obs"]),
+        "sparsity_k_region": sparsity(tot["k"]["n"], tot["k"]["nnz"]),
+        "sparsity_v_region": sparsity(tot["v"]["n"], tot["v"]["nnz"]),
+        "n_values": n_all,
+        "nnz_values": nnz_all,
+        "nominal": nominal(n_all, nnz_all),
+        "bitmap": bitmap(n_all, nnz_all),
+        "per_layer": sorted(
+            ({"layer": il, "kv": kv, "sparsity": sparsity(n, nnz)} for (il, kv), (n, nnz) in layer.items()),
+            key=lambda d: (d["layer"], d["kv"])),
+        "hist": {kv: hist[kv].astype(int).tolist() for kv in ("k", "v")},
+    }
+    return out
+
+
+def per_head(heads: list[dict]) -> list[dict]:
+    """Sparsity of every (layer, K/V, head) in the final states, for per-head reports."""
+    acc = defaultdict(lambda: [0.0, 0.0])
+    for r in final_records(heads):
+        a = acc[(r["layer"], r["kv"], r["head"])]
+        a[0] += r["n_obs"]
+        a[1] += r["nnz_obs"]
+    out = []
+    for (il, kv, h), (n, nnz) in sorted(acc.items()):
+        out.append({"layer": il, "kv": kv, "head": h, "sparsity": 1.0 - nnz / n if n else None})
+    return out

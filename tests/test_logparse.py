@@ -1,0 +1,65 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Log parsers against recorded llama.cpp logs (tests/data/logs/, produced by the pinned build)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from elastickv import logparse
+
+LOGS = Path(__file__).parent / "data" / "logs"
+
+
+def read(name: str) -> str:
+    return (LOGS / name).read_text()
+
+
+def test_final_ppl_and_chunks():
+    text = read("perplexity_sweet_verbose.log")
+    assert logparse.final_ppl(text) == (21.5610, 3.15841)
+    assert logparse.chunk_ppls(text) == [13.3264, 21.5610]
+
+
+def test_kld_stats():
+    k = logparse.kld_stats(read("perplexity_kld_sweet.log"))
+    assert k.ppl == (21.561016, 3.158408)
+    assert k.ppl_base == (21.358387, 3.110152)
+    assert k.kld == (0.011942, 0.000733)
+    assert k.same_top_p == (95.490, 0.920)
+    assert k.rms_dp == (2.432, 0.151)
+    assert k.kld_quantiles["Maximum"] == 0.200889 and k.kld_quantiles["99.9%"] == 0.158436
+    assert [c["chunk"] for c in k.per_chunk] == [1, 2]
+    assert k.per_chunk[0]["kld"] == 0.01204 and k.per_chunk[1]["same_top_p"] == 95.490
+
+
+def test_kv_cache_line():
+    kv = logparse.kv_cache(read("perplexity_kld_base_f16.log"))
+    assert (kv.mib, kv.cells, kv.layers, kv.k_type, kv.v_type) == (11.25, 512, 30, "f16", "f16")
+    assert kv.rot_k is False and kv.rot_v is False
+    q = logparse.kv_cache(read("perplexity_kld_q8_0.log"))
+    assert (q.k_type, q.v_type) == ("q8_0", "q8_0") and q.rot_k is True
+    assert logparse.flash_attn(read("perplexity_kld_base_f16.log")) is True
+
+
+def test_hook_lines():
+    text = read("perplexity_sweet_verbose.log")
+    echo = logparse.elastickv_echo(text)
+    assert echo["preset"] == "sweet" and echo["mode"] == "full" and echo["scale_k"] == "0.45"
+    passes = logparse.elastickv_passes(text)
+    assert len(passes) == 14
+    assert passes[0] == {"pass": 0, "seq": 0, "epoch": 0, "pos_max": 127, "mode": "full", "k_zero_pct": 17.2,
+                         "v_zero_pct": 17.0, "nominal": 1.207, "ms": 5.24}
+    assert passes[7]["epoch"] == 1  # the second chunk clears the cache: a new epoch
+    assert logparse.elastickv_echo(read("perplexity_kld_base_f16.log")) is None
+
+
+def test_hook_error():
+    msg = logparse.elastickv_error(read("perplexity_error_sink.log"))
+    assert msg.startswith("elastickv: ELASTICKV_SINK='100000' is larger than the context")
+
+
+def test_missing_line_is_an_error():
+    with pytest.raises(logparse.LogParseError, match="final perplexity"):
+        logparse.final_ppl(read("perplexity_error_sink.log"))

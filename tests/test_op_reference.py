@@ -1,0 +1,151 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The compiled CPU op (GGML_OP_KV_SPARSIFY) against its numpy reference (scripts/elastickv/reference.py).
+
+Random caches of every supported type, both V layouts, both modes, with sink cells, empty cells (absent from
+the list or skipped with code -1) and several sequences (groups) in one buffer. The zero pattern must be
+identical; for f32/f16/bf16 and the quantized codes the bytes after the pass must be identical.
+To add a case, add a row to CASES (easy to hard).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from elastickv import reference as ref
+
+# type, n_head, head_dim, n_cells, n_group, trans
+CASES = [
+    ("f32", 1, 32, 40, 1, False),
+    ("f16", 3, 64, 300, 1, False),
+    ("bf16", 3, 64, 300, 1, False),
+    ("q8_0", 3, 64, 300, 1, False),
+    ("q4_0", 3, 64, 300, 1, False),
+    ("q5_0", 3, 64, 300, 1, False),
+    ("f16", 3, 64, 300, 1, True),
+    ("f32", 2, 64, 129, 1, True),
+    ("bf16", 2, 64, 129, 1, True),
+    ("f16", 2, 128, 257, 4, False),
+    ("q8_0", 2, 128, 257, 4, False),
+    ("q4_0", 4, 64, 200, 3, False),
+    ("q5_0", 2, 128, 257, 4, False),
+    ("f16", 4, 80, 129, 3, True),  # head dim not a multiple of 32: the tail block is not histogrammed
+    ("f32", 4, 80, 129, 3, False),
+]
+
+
+def random_cache(rng: np.random.Generator, type_name: str, n_rows: int, n_values: int) -> np.ndarray:
+    """Raw bytes [n_rows, row_bytes] of a random cache with some exact zeros (and -0.0 for floats)."""
+    if type_name in ref.FLOAT_BYTES:
+        x = rng.laplace(size=(n_rows, n_values)).astype(np.float32)
+        x[rng.random(x.shape) < 0.02] = 0.0
+        x[rng.random(x.shape) < 0.01] = -0.0
+        if type_name == "f32":
+            return x.view(np.uint8).reshape(n_rows, -1)
+        if type_name == "f16":
+            return x.astype(np.float16).view(np.uint8).reshape(n_rows, -1)
+        return (x.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8).reshape(n_rows, -1)
+    nb = n_values // ref.BLOCK
+    size = ref.QBLOCK_BYTES[type_name]
+    raw = rng.integers(0, 256, size=(n_rows, nb, size), dtype=np.uint8)
+    d = (rng.random((n_rows, nb)) * 0.2 + 0.01).astype(np.float16)
+    d[rng.random(d.shape) < 0.05] *= -1
+    raw[:, :, 0:2] = d.view(np.uint8).reshape(n_rows, nb, 2)
+    return raw.reshape(n_rows, -1)
+
+
+def random_cells(rng: np.random.Generator, n_cells: int, n_group: int) -> np.ndarray:
+    """A shuffled list over ~85% of the cells (the rest are "empty"): sinks observed only, a few skipped."""
+    present = rng.permutation(n_cells)[: int(n_cells * 0.85)]
+    codes = []
+    for i, c in enumerate(present):
+        g = int(rng.integers(n_group))
+        kind = rng.random()
+        if kind < 0.05:
+            code = -1
+        elif kind < 0.20:
+            code = g | ref.OBSERVE  # a sink: counted, never thresholded
+        else:
+            code = g | ref.PROCESS | ref.OBSERVE | ref.HIST
+        codes.append((c, code))
+    return np.array(codes, dtype=np.int32)
+
+
+def make_inputs(seed: int, type_name: str, n_head: int, head_dim: int, n_cells: int, n_group: int, trans: bool):
+    rng = np.random.default_rng(seed)
+    n_embd = n_head * head_dim
+    if trans:
+        raw = random_cache(rng, type_name, n_embd, n_cells)
+        n_values = n_cells
+    else:
+        raw = random_cache(rng, type_name, n_cells, n_embd)
+        n_values = n_embd
+    cells = random_cells(rng, n_cells, n_group)
+    state = np.zeros((n_group, n_head, ref.NSTATE))
+    state[:, :, ref.S] = rng.random((n_group, n_head)) * 500
+    state[:, :, ref.N] = 1000.0
+    return raw, n_values, cells, state
+
+
+def assert_same_pass(got_raw, got_state, want, type_name, trans, n_head):
+    # identical zero pattern
+    zero_got = ref.decode(got_raw, type_name) == 0
+    zero_want = ref.decode(want.raw, type_name) == 0
+    assert np.array_equal(zero_got, zero_want), f"{(zero_got != zero_want).sum()} entries differ in zero pattern"
+    # identical bytes (values of f32/f16/bf16, codes of quantized types)
+    assert np.array_equal(got_raw, want.raw)
+    # identical statistics
+    np.testing.assert_allclose(got_state[..., ref.TAU], want.state[..., ref.TAU], rtol=1e-12, atol=0)
+    np.testing.assert_allclose(got_state[..., ref.S], want.state[..., ref.S], rtol=1e-12, atol=0)
+    for field in (ref.N, ref.N_PROC, ref.NNZ_PROC, ref.N_OBS, ref.NNZ_OBS, ref.N_PASS):
+        assert np.array_equal(got_state[..., field], want.state[..., field]), field
+    assert np.array_equal(got_state[..., ref.HIST0:], want.state[..., ref.HIST0:])
+
+
+@pytest.mark.parametrize("incremental", [False, True], ids=["full", "incremental"])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "-".join(map(str, c)))
+def test_cpu_op_equals_reference(ggml_cpu, case, incremental):
+    type_name, n_head, head_dim, n_cells, n_group, trans = case
+    raw, n_values, cells, state = make_inputs(7, *case)
+    want = ref.kv_sparsify(raw, type_name, cells, state, 0.45, trans=trans, incremental=incremental)
+    got_raw, got_state = ggml_cpu.kv_sparsify(raw, type_name, n_values, cells, state, 0.45, trans, incremental)
+    assert_same_pass(got_raw, got_state, want, type_name, trans, n_head)
+    # the pass did something, and only where allowed
+    changed = ref.decode(raw, type_name) != ref.decode(got_raw, type_name)
+    assert changed.any()
+    proc_cells = cells[(cells[:, 1] >= 0) & ((cells[:, 1] & ref.PROCESS) != 0), 0]
+    other = np.setdiff1d(np.arange(n_cells), proc_cells)
+    changed_cells = changed.T if trans else changed
+    assert not changed_cells[other].any(), "a sink, skipped or empty cell was modified"
+
+
+@pytest.mark.parametrize("n_threads", [1, 2, 3])
+def test_cpu_op_independent_of_threads(ggml_cpu, n_threads):
+    case = ("f16", 3, 64, 300, 2, False)
+    raw, n_values, cells, state = make_inputs(11, *case)
+    want = ref.kv_sparsify(raw, "f16", cells, state, 0.5)
+    got_raw, got_state = ggml_cpu.kv_sparsify(raw, "f16", n_values, cells, state, 0.5, n_threads=n_threads)
+    assert_same_pass(got_raw, got_state, want, "f16", False, 3)
+
+
+def test_zero_codes_are_exact(ggml_cpu):
+    """Zeroed quantized entries decode to exactly 0 and the rest of their block is unchanged."""
+    for type_name in ("q8_0", "q4_0", "q5_0"):
+        raw, n_values, cells, state = make_inputs(3, type_name, 2, 64, 50, 1, False)
+        got_raw, _ = ggml_cpu.kv_sparsify(raw, type_name, n_values, cells, state, 0.8)
+        before, after = ref.decode(raw, type_name), ref.decode(got_raw, type_name)
+        changed = before != after
+        assert changed.any()
+        assert np.all(after[changed] == 0.0)
+        assert np.array_equal(raw[:, :2], got_raw[:, :2])  # the first block's scale d is untouched
+
+
+def test_scale_zero_is_a_no_op(ggml_cpu):
+    raw, n_values, cells, state = make_inputs(5, "f16", 3, 64, 100, 1, False)
+    got_raw, got_state = ggml_cpu.kv_sparsify(raw, "f16", n_values, cells, state, 0.0)
+    assert np.array_equal(got_raw, raw)
+
+
+def test_reference_refuses_types_without_exact_zero():
+    with pytest.raises(ValueError, match="q4_1"):
+        ref.kv_sparsify(np.zeros((1, 20), np.uint8), "q4_1", np.zeros((0, 2), np.int32), np.zeros((1, 1, ref.NSTATE)), 0.5)
