@@ -39,7 +39,7 @@ ROWS = [
 def fmt_pm(m: dict | None, scale: float = 1.0, digits: int = 4) -> str:
     if not m or m.get("value") is None:
         return "—"
-    return f"{m['value'] * scale:.{digits}f} ± {m['stderr'] * scale:.{digits}f}"
+    return f"{m['value'] * scale + 0.0:.{digits}f} ± {m['stderr'] * scale + 0.0:.{digits}f}"
 
 
 def table_rows(records: dict[str, dict]) -> list[dict]:
