@@ -118,28 +118,13 @@ def main() -> int:
                     runs.append(r)
                     bar.update()
 
-    record = {
-        "schema_version": 1,
-        "kind": "bench",
-        "name": out.stem,
-        "started": started,
-        "finished": results.now(),
-        "command": ["python3", *sys.argv],
-        "env": {},
-        "elastickv": envvars.resolve(envvars.hook_env(preset=args.preset)),
-        "settings": {"depths": args.depths, "n_gen": args.n_gen, "rounds": args.rounds, "threads": args.threads,
-                     "preset": args.preset, "variant": args.variant, "flash_attn": True,
-                     "bench_args": args.bench_args, "variants": VARIANTS},
-        "git": results.git_info(),
-        "upstream": results.upstream_info(patched=True),
-        "build": {"tree": paths.relative(paths.LLAMA_SRC), "variant": args.variant, "binary": paths.relative(binary)},
-        "model": {"name": model_name, "file": paths.relative(model), "sha256": models.entry(model_name)[1]["sha256"]},
-        "data": None,
-        "device": results.device_info(),
-        "metrics": {"overhead": summarize(runs, args.depths), "runs": runs},
-        "log": paths.relative(log_dir),
-    }
-    results.validate(record)
+    settings = {"depths": args.depths, "n_gen": args.n_gen, "rounds": args.rounds, "threads": args.threads,
+                "preset": args.preset, "variant": args.variant, "flash_attn": True, "bench_args": args.bench_args,
+                "variants": VARIANTS}
+    metrics = {"overhead": summarize(runs, args.depths), "runs": runs}
+    record = results.record("bench", out.stem, started, ["python3", *sys.argv], {},
+                            envvars.resolve(envvars.hook_env(preset=args.preset)), settings, args.variant,
+                            paths.relative(binary), model_name, None, metrics, log_dir)
     results.write_json_atomic(out, record)
     for depth, e in record["metrics"]["overhead"].items():
         for variant in ("full", "incremental"):

@@ -104,7 +104,6 @@ def run(name: str, s: PplSettings, out_dir: Path, kld: str | None = None, force:
     log_path = out_dir / f"{name}.log"
     started = results.now()
     _, text = tools.run(cmd, log_path, hook_env)
-    finished = results.now()
 
     kv = logparse.kv_cache(text)
     metrics: dict = {
@@ -139,25 +138,7 @@ def run(name: str, s: PplSettings, out_dir: Path, kld: str | None = None, force:
     else:
         metrics |= {"sparsity_k_all": 0.0, "sparsity_v_all": 0.0, "nominal": 1.0, "bitmap": None}
 
-    record = {
-        "schema_version": 1,
-        "kind": "perplexity",
-        "name": name,
-        "started": started,
-        "finished": finished,
-        "command": cmd,
-        "env": hook_env,
-        "elastickv": resolved,
-        "settings": settings,
-        "git": results.git_info(),
-        "upstream": results.upstream_info(patched=True),
-        "build": {"tree": paths.relative(paths.LLAMA_SRC), "variant": s.variant, "binary": cmd[0]},
-        "model": {"name": s.model, "file": paths.relative(model_path), "sha256": models.entry(s.model)[1]["sha256"]},
-        "data": {"file": s.data, "sha256": pypi.sha256_of(paths.ROOT / s.data)},
-        "device": results.device_info(),
-        "metrics": metrics,
-        "log": paths.relative(log_path),
-    }
-    results.validate(record)
+    record = results.record("perplexity", name, started, cmd, hook_env, resolved, settings, s.variant, cmd[0], s.model,
+                            paths.ROOT / s.data, metrics, log_path)
     results.write_json_atomic(rec_path, record)
     return record

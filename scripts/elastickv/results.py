@@ -12,7 +12,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from . import paths, upstream
+from . import models, paths, pypi, upstream
 
 SCHEMA_PATH = Path(__file__).with_name("run.schema.json")
 
@@ -83,3 +83,30 @@ def validate(record: dict) -> None:
     with open(SCHEMA_PATH) as f:
         schema = json.load(f)
     jsonschema.validate(record, schema)
+
+
+def record(kind: str, name: str, started: str, command: list[str], env: dict, elastickv: dict, settings: dict,
+           variant: str, binary: str, model_name: str, data: Path | None, metrics: dict, log: Path) -> dict:
+    """A run record with its provenance filled in (see results/SCHEMA.md), validated against the schema."""
+    _, model = models.entry(model_name)
+    rec = {
+        "schema_version": 1,
+        "kind": kind,
+        "name": name,
+        "started": started,
+        "finished": now(),
+        "command": command,
+        "env": env,
+        "elastickv": elastickv,
+        "settings": settings,
+        "git": git_info(),
+        "upstream": upstream_info(patched=True),
+        "build": {"tree": paths.relative(paths.LLAMA_SRC), "variant": variant, "binary": binary},
+        "model": {"name": model_name, "file": paths.relative(paths.MODELS / model["file"]), "sha256": model["sha256"]},
+        "data": None if data is None else {"file": paths.relative(data), "sha256": pypi.sha256_of(data)},
+        "device": device_info(),
+        "metrics": metrics,
+        "log": paths.relative(log),
+    }
+    validate(rec)
+    return rec
