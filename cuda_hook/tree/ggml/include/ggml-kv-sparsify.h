@@ -35,6 +35,26 @@ enum ggml_kv_sparsify_state {
     GGML_KV_SPARSIFY_NSTATE   = GGML_KV_SPARSIFY_HIST0 + GGML_KV_SPARSIFY_BLOCK + 1,
 };
 
+#if defined(__CUDACC__)
+#define GGML_KV_SPARSIFY_HD __host__ __device__
+#else
+#define GGML_KV_SPARSIFY_HD
+#endif
+
+// Step 3 of a pass, shared by the CPU and CUDA kernels: fold this pass's sum and count of one (group, head)
+// into S and N (full mode: replace; incremental mode: accumulate) and set tau = scale * (S / N).
+static inline GGML_KV_SPARSIFY_HD void ggml_kv_sparsify_update_tau(double * s, float scale, bool incremental) {
+    if (incremental) {
+        s[GGML_KV_SPARSIFY_S] += s[GGML_KV_SPARSIFY_S_PASS];
+        s[GGML_KV_SPARSIFY_N] += s[GGML_KV_SPARSIFY_N_PASS];
+    } else {
+        s[GGML_KV_SPARSIFY_S]  = s[GGML_KV_SPARSIFY_S_PASS];
+        s[GGML_KV_SPARSIFY_N]  = s[GGML_KV_SPARSIFY_N_PASS];
+    }
+    s[GGML_KV_SPARSIFY_TAU] = s[GGML_KV_SPARSIFY_N] > 0.0 ?
+        (double) scale * (s[GGML_KV_SPARSIFY_S] / s[GGML_KV_SPARSIFY_N]) : 0.0;
+}
+
 // Zero, in place, the entries of a KV-cache tensor whose magnitude is below a per-(group, head) threshold.
 //   a     : rows of one cache stream, [n_embd, n_cells] (one row per cell), or [n_cells, n_embd] when `trans`
 //           (flash attention off: V is stored transposed). n_embd = n_head * head_dim.

@@ -176,16 +176,7 @@ static void kv_sparsify_heads(const ggml_compute_params * params, const ggml_ten
 
         // 3. threshold per group: full mode restarts the running statistic, incremental mode extends it
         for (int g = 0; g < p.n_group; ++g) {
-            double * s = S(g, h);
-            if (p.incremental) {
-                s[GGML_KV_SPARSIFY_S] += s[GGML_KV_SPARSIFY_S_PASS];
-                s[GGML_KV_SPARSIFY_N] += s[GGML_KV_SPARSIFY_N_PASS];
-            } else {
-                s[GGML_KV_SPARSIFY_S]  = s[GGML_KV_SPARSIFY_S_PASS];
-                s[GGML_KV_SPARSIFY_N]  = s[GGML_KV_SPARSIFY_N_PASS];
-            }
-            s[GGML_KV_SPARSIFY_TAU] = s[GGML_KV_SPARSIFY_N] > 0.0 ?
-                (double) p.scale * (s[GGML_KV_SPARSIFY_S] / s[GGML_KV_SPARSIFY_N]) : 0.0;
+            ggml_kv_sparsify_update_tau(S(g, h), p.scale, p.incremental);
         }
 
         // 4. zero |x| < tau in PROCESS cells; count non-zeros and survivors per block afterwards

@@ -209,16 +209,7 @@ static __global__ void kvs_tau(const kvs_args a) {
     if (key >= (int64_t) a.n_group*a.n_head) {
         return;
     }
-    double * s = a.state + key*KVS_NSTATE;
-    if (a.incremental) {
-        s[GGML_KV_SPARSIFY_S] += s[GGML_KV_SPARSIFY_S_PASS];
-        s[GGML_KV_SPARSIFY_N] += s[GGML_KV_SPARSIFY_N_PASS];
-    } else {
-        s[GGML_KV_SPARSIFY_S]  = s[GGML_KV_SPARSIFY_S_PASS];
-        s[GGML_KV_SPARSIFY_N]  = s[GGML_KV_SPARSIFY_N_PASS];
-    }
-    s[GGML_KV_SPARSIFY_TAU] = s[GGML_KV_SPARSIFY_N] > 0.0 ?
-        (double) a.scale * (s[GGML_KV_SPARSIFY_S] / s[GGML_KV_SPARSIFY_N]) : 0.0;
+    ggml_kv_sparsify_update_tau(a.state + key*KVS_NSTATE, a.scale, a.incremental);
 }
 
 template <ggml_type type>
