@@ -402,7 +402,7 @@ struct llama_elastickv::impl {
     void upload(const std::vector<llama_seq_id> & seqs_pass);
     void compute();
     void read_state(std::vector<std::vector<double>> & host) const;
-    void report(const std::vector<llama_seq_id> & seqs_pass, const std::vector<std::vector<double>> & host, double ms) ;
+    void report(const std::vector<llama_seq_id> & seqs_pass, const std::vector<std::vector<double>> & host, double ms);
     void dump(const char * when) const;
 };
 
