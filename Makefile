@@ -14,7 +14,8 @@ RUN_TARGETS  := llama-perplexity
 TEST_TARGETS := llama-perplexity llama-completion llama-bench test-backend-ops
 ALL_TARGETS  := llama-perplexity llama-completion llama-bench llama-cli llama-server test-backend-ops
 
-.PHONY: help run run-full test build build-test build-upstream build-cuda model cuda-check bench clean distclean
+.PHONY: help run run-full test build build-test build-upstream build-cuda model cuda-check bench clean distclean \
+        figures tables paper paper-deps experiments
 
 help:
 	@echo "make run        build what is missing, fetch the default model, print the baseline/sweet/aggressive"
@@ -24,6 +25,9 @@ help:
 	@echo "make build-cuda CUDA build (CUDA_ARCH=90, FA_QUANTS='f16-f16;q8_0-q8_0;q4_0-q4_0;q8_0-f16')"
 	@echo "make bench      decode-overhead benchmark (llama-bench, hook on vs off)"
 	@echo "make cuda-check compile-only nvcc check of the CUDA kernel"
+	@echo "make figures    every figure of the paper from results/ (no GPU, no run): paper/figures/"
+	@echo "make paper      figures + generated tables + the PDF (paper/build/elastickv.pdf); installs TeX if missing"
+	@echo "make experiments  re-run every experiment of the paper on this machine (hours on 2 CPU cores)"
 
 $(VENV)/.stamp: requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -69,8 +73,52 @@ bench: $(VENV)/.stamp model
 	scripts/setup/build_llamacpp.sh -j $(JOBS) llama-bench
 	$(PY) scripts/bench/decode_overhead.py
 
+# ---- the paper: everything below reads results/ only ----
+FIG_SCRIPTS := $(sort $(wildcard scripts/plot/fig*.py))
+TAB_SCRIPTS := $(sort $(wildcard scripts/plot/tab*.py)) scripts/plot/inline_numbers.py
+TEX_PACKAGES := texlive-latex-base texlive-latex-recommended texlive-fonts-recommended
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+figures: $(VENV)/.stamp
+	@for s in $(FIG_SCRIPTS); do $(PY) $$s || exit 1; done
+
+tables: $(VENV)/.stamp
+	@for s in $(TAB_SCRIPTS); do $(PY) $$s || exit 1; done
+
+# TeX from Debian's packages (about 150 MB); nothing is installed when pdflatex is already there
+paper-deps:
+	@command -v pdflatex >/dev/null 2>&1 || { \
+	  echo "installing TeX from Debian: $(TEX_PACKAGES)"; \
+	  $(SUDO) apt-get install -y --no-install-recommends $(TEX_PACKAGES) >/dev/null 2>&1 || \
+	  { $(SUDO) apt-get update >/dev/null && $(SUDO) apt-get install -y --no-install-recommends $(TEX_PACKAGES); }; }
+
+paper: figures tables paper-deps
+	mkdir -p paper/build
+	cd paper && for pass in 1 2; do \
+	  pdflatex -interaction=nonstopmode -halt-on-error -output-directory=build elastickv.tex >build/pdflatex.log 2>&1 \
+	  || { tail -40 build/pdflatex.log; exit 1; }; done
+	@grep -q "undefined" paper/build/elastickv.log && { grep -n "undefined" paper/build/elastickv.log; exit 1; } || true
+	@echo "paper: paper/build/elastickv.pdf"
+
+# every experiment of the paper, in the order the analyses need them (resumes; see results/MANIFEST.md)
+experiments: $(VENV)/.stamp
+	scripts/setup/build_llamacpp.sh -j $(JOBS) llama-perplexity llama-completion llama-bench
+	$(PY) scripts/setup/fetch_model.py smollm2-135m
+	$(PY) scripts/setup/fetch_model.py qwen2.5-coder-0.5b
+	scripts/eval/run_ppl.sh all
+	$(PY) scripts/analysis/f4_threshold_ablation.py
+	$(PY) scripts/eval/f5_niah.py
+	scripts/eval/throughput_bench.sh
+	$(PY) scripts/analysis/simulate_attention_haze.py
+	$(PY) scripts/analysis/f2_spr_real_kv.py
+	$(PY) scripts/analysis/tau_band_energy.py
+	$(PY) scripts/analysis/eviction_replay.py
+	$(PY) scripts/analysis/f1_deep_analysis.py
+	$(PY) scripts/analysis/f1_ppl_analysis.py
+	$(PY) scripts/analysis/f7_compression_proof.py
+
 clean:
-	rm -rf build/run build/cache build/cuda-check reports
+	rm -rf build/run build/cache build/cuda-check reports paper/build paper/generated
 
 distclean: clean
 	rm -rf build models $(VENV)

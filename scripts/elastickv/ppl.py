@@ -97,6 +97,7 @@ def run(name: str, s: PplSettings, out_dir: Path, kld: str | None = None, force:
     if hook_env.get("ELASTICKV") == "1":
         stats_path = out_dir / f"{name}.stats.jsonl"
         stats_path.unlink(missing_ok=True)  # records are appended by the hook
+        stats_path.with_name(stats_path.name + ".gz").unlink(missing_ok=True)
         hook_env["ELASTICKV_STATS"] = paths.relative(stats_path)
     resolved = envvars.resolve(hook_env)
 
@@ -134,7 +135,7 @@ def run(name: str, s: PplSettings, out_dir: Path, kld: str | None = None, force:
         metrics |= {k: summ[k] for k in ("sparsity_k_all", "sparsity_v_all", "sparsity_k_region",
                                           "sparsity_v_region", "nominal", "bitmap", "n_states", "n_passes",
                                           "per_layer", "hist")}
-        metrics["stats"] = paths.relative(stats_path)
+        metrics["stats"] = paths.relative(stats.compress(stats_path))
     else:
         metrics |= {"sparsity_k_all": 0.0, "sparsity_v_all": 0.0, "nominal": 1.0, "bitmap": None}
 

@@ -110,3 +110,49 @@ def record(kind: str, name: str, started: str, command: list[str], env: dict, el
     }
     validate(rec)
     return rec
+
+
+AGGREGATE_SCHEMA_PATH = Path(__file__).with_name("aggregate.schema.json")
+
+
+class ResultExists(RuntimeError):
+    """An aggregate result exists with another config; pass --force to replace it."""
+
+
+def aggregate(artifact: str, script: str, cfg: dict, data: object, sources: list[Path | str],
+              notes: str = "") -> dict:
+    """A table/figure result: what it is, the script and resolved config that made it, the run records it
+    was computed from (``sources``), and the numbers (``data``). Validated against aggregate.schema.json."""
+    obj = {
+        "schema_version": 1,
+        "kind": "aggregate",
+        "artifact": artifact,
+        "script": script,
+        "config": cfg,
+        "generated": now(),
+        "git": git_info(),
+        "upstream": upstream_info(patched=True),
+        "device": device_info(),
+        "sources": sorted({paths.relative(Path(s)) if not isinstance(s, str) else s for s in sources}),
+        "notes": notes,
+        "data": data,
+    }
+    validate_aggregate(obj)
+    return obj
+
+
+def validate_aggregate(obj: dict) -> None:
+    import jsonschema
+
+    with open(AGGREGATE_SCHEMA_PATH) as f:
+        jsonschema.validate(obj, json.load(f))
+
+
+def write_aggregate(path: Path, obj: dict, force: bool = False) -> None:
+    """Writes an aggregate atomically; one made with another config is refused unless ``force``."""
+    path = Path(path)
+    if path.exists() and not force:
+        old = json.loads(path.read_text())
+        if old.get("config") != obj["config"]:
+            raise ResultExists(f"{paths.relative(path)} was made with another config; use --force to replace it")
+    write_json_atomic(path, obj)

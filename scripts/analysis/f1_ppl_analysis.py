@@ -1,0 +1,117 @@
+#!/usr/bin/env python3
+# SPDX-License-Identifier: Apache-2.0
+"""Table 9: perplexity against accuracy measures, and KV heads against perplexity damage.
+
+PPL vs accuracy: for every non-baseline row of the perplexity tables (ElasticKV settings, sink ablation,
+llama.cpp's quantized caches), the PPL change against its f16 baseline beside two accuracy measures of the
+same tokens: KL divergence of the next-token distribution and top-1 agreement with the baseline ("Same top
+p"), and their rank correlations (Spearman) over all rows. With the needle-in-a-haystack results present
+(results/niah/), the exact-match accuracy of the baseline and ElasticKV is added per model.
+
+KV heads vs PPL: per model, its number of KV heads (configs/models.yaml) beside the ΔPPL, KLD and sparsity
+of the sweet and aggressive presets at c = 512 (Table 2).
+
+Reads only results/ -> results/ppl_vs_accuracy.json and results/kv_heads_vs_ppl.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from elastickv import config, models, paths, pplstats, results  # noqa: E402
+
+DEFAULTS = {
+    "artifact": "Table 9",
+    "inputs": [],                 # perplexity tables (scripts/eval/ppl_tables.py)
+    "table2": "results/results_all.json",   # the per-model table for the KV-heads analysis
+    "kv_rows": ["sweet", "aggressive"],
+    "niah_dir": "results/niah",   # needle-in-a-haystack results, if present
+    "output": "results/ppl_vs_accuracy.json",
+    "output_kv_heads": "results/kv_heads_vs_ppl.json",
+}
+
+
+def load(rel: str) -> dict:
+    path = paths.ROOT / rel
+    if not path.exists():
+        raise FileNotFoundError(f"{rel} is missing: run the script that makes it first (results/MANIFEST.md)")
+    return json.loads(path.read_text())
+
+
+def niah_summary(folder: Path) -> tuple[list[dict], list[str]]:
+    out, sources = [], []
+    for p in sorted(folder.glob("*.json")):
+        agg = json.loads(p.read_text())
+        if agg.get("kind") != "aggregate":
+            continue
+        summary = agg["data"].get("summary") if isinstance(agg["data"], dict) else None
+        if summary:
+            out.append({"model": p.stem, **summary})
+            sources.append(paths.relative(p))
+    return out, sources
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    config.add_arguments(ap, "table9_ppl_vs_accuracy")
+    args = ap.parse_args()
+    try:
+        cfg = config.load(args.config, DEFAULTS, args.overrides)
+        rows, sources = [], []
+        for rel in cfg["inputs"]:
+            agg = load(rel)
+            sources.append(rel)
+            for e in agg["data"]["entries"]:
+                if e["row"] == "baseline" or not e["kld"]:
+                    continue
+                rows.append({"table": agg["artifact"], "model": e["model"], "ctx": e["ctx"], "row": e["row"],
+                             "cache": e["cache"], "delta_ppl_pct": e["ppl_delta_pct"], "kld": e["kld"]["value"],
+                             "same_top_p_pct": e["same_top_p_pct"]["value"],
+                             "sparsity": (e["sparsity_k"] + e["sparsity_v"]) / 2})
+        corr = {
+            "n_rows": len(rows),
+            "spearman_dppl_kld": pplstats.spearman([r["delta_ppl_pct"] for r in rows], [r["kld"] for r in rows]),
+            "spearman_dppl_top1_disagreement": pplstats.spearman([r["delta_ppl_pct"] for r in rows],
+                                                                 [100 - r["same_top_p_pct"] for r in rows]),
+            "spearman_kld_top1_disagreement": pplstats.spearman([r["kld"] for r in rows],
+                                                                [100 - r["same_top_p_pct"] for r in rows]),
+        }
+        niah, niah_sources = niah_summary(paths.ROOT / cfg["niah_dir"])
+        notes = ("delta_ppl_pct: PPL change against the f16 baseline of the same chunks; kld, same_top_p_pct: against "
+                 "the baseline's logits (llama-perplexity --kl-divergence). Spearman rank correlations over all rows.")
+        agg = results.aggregate(cfg["artifact"], "scripts/analysis/f1_ppl_analysis.py", cfg,
+                                {"rows": rows, "correlations": corr, "niah": niah}, sources + niah_sources, notes)
+        results.write_aggregate(paths.ROOT / cfg["output"], agg, force=args.force)
+
+        t2 = load(cfg["table2"])
+        kv = []
+        for e in t2["data"]["entries"]:
+            if e["row"] in cfg["kv_rows"]:
+                _, m = models.entry(e["model"])
+                kv.append({"model": e["model"], "kv_heads": m.get("kv_heads"), "row": e["row"], "ctx": e["ctx"],
+                           "delta_ppl_pct": e["ppl_delta_pct"], "kld": e["kld"]["value"],
+                           "same_top_p_pct": e["same_top_p_pct"]["value"],
+                           "sparsity_k": e["sparsity_k"], "sparsity_v": e["sparsity_v"]})
+        kv.sort(key=lambda r: (r["row"], r["kv_heads"] or 0))
+        agg2 = results.aggregate("KV heads vs PPL", "scripts/analysis/f1_ppl_analysis.py", cfg, {"rows": kv},
+                                 [cfg["table2"]], "kv_heads from configs/models.yaml; numbers from Table 2. With two "
+                                 "models this is a comparison of two points, not a trend.")
+        results.write_aggregate(paths.ROOT / cfg["output_kv_heads"], agg2, force=args.force)
+    except (config.ConfigError, results.ResultExists, FileNotFoundError, models.ModelError) as e:
+        print(f"f1_ppl_analysis: {e}", file=sys.stderr)
+        return 1
+    print(f"rows {corr['n_rows']}, Spearman(ΔPPL, KLD) = {corr['spearman_dppl_kld']:.2f}, "
+          f"Spearman(ΔPPL, top-1 disagreement) = {corr['spearman_dppl_top1_disagreement']:.2f}, "
+          f"Spearman(KLD, top-1 disagreement) = {corr['spearman_kld_top1_disagreement']:.2f}")
+    for r in kv:
+        print(f"{r['model']:22s} kv_heads {r['kv_heads']}  {r['row']:10s} ΔPPL {r['delta_ppl_pct']:+.2f}%  KLD {r['kld']:.5f}")
+    print(f"f1_ppl_analysis: {cfg['output']} and {cfg['output_kv_heads']} written")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,55 @@
+# SPDX-License-Identifier: Apache-2.0
+"""Shared by the figure scripts: they read only results/ and write paper/figures/<name>.pdf and .png."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on CI machines
+import matplotlib.pyplot as plt  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+RESULTS = ROOT / "results"
+FIGURES = ROOT / "paper" / "figures"
+
+plt.rcParams.update({"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7,
+                     "figure.dpi": 150, "savefig.bbox": "tight", "pdf.fonttype": 42,
+                     "svg.hashsalt": "elastickv", "path.simplify": False})
+
+
+class MissingResult(FileNotFoundError):
+    """The result file a figure needs is not in results/."""
+
+
+def load(relpath: str) -> dict:
+    """A result JSON under results/ (e.g. ``load("results_all.json")``); a clear error when missing."""
+    path = RESULTS / relpath
+    if not path.exists():
+        raise MissingResult(f"results/{relpath} is missing; the script that makes it is listed in results/MANIFEST.md")
+    return json.loads(path.read_text())
+
+
+def save(fig: "plt.Figure", name: str) -> list[Path]:
+    """Writes paper/figures/<name>.pdf (for LaTeX, no timestamp so rebuilds are identical) and .png."""
+    FIGURES.mkdir(parents=True, exist_ok=True)
+    out = [FIGURES / f"{name}.pdf", FIGURES / f"{name}.png"]
+    fig.savefig(out[0], metadata={"CreationDate": None, "ModDate": None, "Producer": None, "Creator": None})
+    fig.savefig(out[1], metadata={"Software": None})
+    plt.close(fig)
+    for p in out:
+        print(f"wrote {p.relative_to(ROOT)}")
+    return out
+
+
+def main_guard(fn) -> int:
+    """Runs a figure's main(); a missing result is a one-line error and exit 1, not a traceback."""
+    try:
+        fn()
+    except MissingResult as e:
+        print(f"{Path(sys.argv[0]).name}: {e}", file=sys.stderr)
+        return 1
+    return 0
