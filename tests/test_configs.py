@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
@@ -58,8 +60,10 @@ def test_experiment_has_version_artifact_and_commented_keys(path):
 
 
 def _defaults_of(script: str) -> dict:
-    spec = importlib.util.spec_from_file_location("mod", paths.ROOT / script)
+    name = "experiment_script_" + Path(script).stem
+    spec = importlib.util.spec_from_file_location(name, paths.ROOT / script)
     mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod  # dataclasses look their module up while the module runs
     spec.loader.exec_module(mod)
     return mod.DEFAULTS
 

@@ -18,13 +18,18 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
 import sys
 from pathlib import Path
+
+# one BLAS thread for the Table 11 products (set before numpy is imported; see random_vs_ekv.py)
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1]))
 sys.path.insert(0, str(HERE.parents[1] / "eval"))
-from elastickv import config, envvars, models, paths, ppl, pypi, results, tools  # noqa: E402
+from elastickv import config, envvars, kvanalysis, models, paths, ppl, pypi, results, tools  # noqa: E402
 
 import ppl_tables  # noqa: E402  (scripts/eval/ppl_tables.py: the perplexity sweep driver)
 
@@ -59,7 +64,7 @@ def main() -> int:
             mod.run(cfg11, force=args.force)
             print(f"f4_threshold_ablation: {cfg11['output']} written")
     except (config.ConfigError, envvars.EnvError, models.ModelError, pypi.FetchError, tools.ToolError,
-            ppl.RecordMismatch, results.ResultExists, FileNotFoundError) as e:
+            ppl.RecordMismatch, results.ResultExists, FileNotFoundError, *kvanalysis.USER_ERRORS) as e:
         print(f"f4_threshold_ablation: {e}", file=sys.stderr)
         return 1
     return 0

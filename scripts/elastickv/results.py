@@ -26,8 +26,9 @@ def git_info() -> dict:
     try:
         commit = subprocess.run(["git", "-C", str(paths.ROOT), "rev-parse", "HEAD"], capture_output=True,
                                 text=True, check=True).stdout.strip()
-        status = subprocess.run(["git", "-C", str(paths.ROOT), "status", "--porcelain", "--untracked-files=no"],
-                                capture_output=True, text=True, check=True).stdout
+        # dirty: a tracked file differs, or an untracked file outside results/ (a new script that made the numbers)
+        status = subprocess.run(["git", "-C", str(paths.ROOT), "status", "--porcelain", "--untracked-files=all",
+                                 "--", ".", ":(exclude)results"], capture_output=True, text=True, check=True).stdout
         return {"commit": commit, "dirty": bool(status.strip())}
     except (OSError, subprocess.CalledProcessError):
         return {"commit": "unknown", "dirty": None}
