@@ -164,6 +164,7 @@ def test_cell_record_with_other_settings_is_refused_unless_forced(tmp_path):
     with pytest.raises(niah.RecordMismatch, match=r"n_predict.*--force"):
         niah.check_existing(path, other, force=False)
     assert niah.check_existing(path, other, force=True) is None  # replaced
+    assert niah.check_existing(path, s, force=True)["metrics"] == {"correct": True}  # equal settings: reused
     assert niah.check_existing(tmp_path / "absent.json", s, force=False) is None
     assert s["hook"]["ELASTICKV_PRESET"] == "sweet" and s["hook"]["ELASTICKV_EVICT_EVERY"] == "64"
 
@@ -214,9 +215,8 @@ def test_cell_runs_through_llama_completion(grid):
 @pytest.mark.parametrize("row", ["baseline", "elastickv"])
 def test_cell_record_is_complete(grid, row):
     rec = grid.record(row)
-    import jsonschema
-
-    jsonschema.validate(rec, niah.run_schema())
+    results.validate(rec)  # run.schema.json, kind "niah"
+    assert rec["kind"] == "niah"
     m = rec["metrics"]
     for key in ("prompt_tokens", "depth", "depth_tokens", "needle", "answer", "generated", "correct", "passes",
                 "sparsity_k_all", "sparsity_v_all", "needle_tokens", "haystack_tokens", "prompt_sha256"):

@@ -27,20 +27,21 @@ SPEC.md §2: the hook must act on the cache the answer is generated from. Prompt
 of every full ubatch: the last pass before the first answer token covers positions < L, which holds the
 whole haystack because the question and the template's tail after it are longer than length_tolerance
 tokens. (llama-completion stops without answering when a prompt batch ends on an end-of-turn token, so
-prompt lengths that would put the user turn's end at a batch end are skipped, and every run must have
-evaluated the whole prompt.) Every ElasticKV record says how many passes ran before the answer, the last position they covered,
-whether the needle was thresholded before the answer (it is not when it lies in the SINK positions, i.e.
-at depth 0 for the default model), and the K/V sparsity (ELASTICKV_STATS) at that point and at the end.
+lengths that would put the user turn's end at a batch end are skipped, and every run must have evaluated
+the whole prompt.) Every ElasticKV record says how many passes ran before the answer, the last position
+they covered, whether the needle was thresholded before the answer (not when it starts in the SINK
+positions, i.e. at depth 0), and the K/V sparsity (ELASTICKV_STATS) at that point and at the end.
 
 Scoring (exact match): the generated text is NFKC-normalised, digit-group separators between two digits
 (comma, period, apostrophe, underscore, hyphen, any whitespace) are removed, and the answer is correct when
 one maximal run of digits equals the needle's number ("7,319,204" and "7 319 204" count; "73192041" does not).
 
 Runs use -t threads with OMP_WAIT_POLICY=omp_wait_policy (passive: no busy-waiting threads on shared
-cores, several times faster there; outputs are the same). Every run writes <runs_dir>/<model>/c<L>-d<depth %>-<row>.json (its record) and .log (the raw log); the
-ELASTICKV_STATS files are large and kept in build/cache/niah/ (the records hold their summaries). The grid
-goes to <runs_dir>/<model>.json. An interrupted grid resumes: finished cells are reused, never redone; a
-cell or grid made with other settings is refused unless --force.
+cores, several times faster there; outputs are the same). Every run writes
+<runs_dir>/<model>/c<L>-d<depth %>-<row>.json (its record) and .log (the raw log); the ELASTICKV_STATS
+files are large and kept in build/cache/niah/ (the records hold their summaries and sha256). The grid goes
+to <runs_dir>/<model>.json. An interrupted grid resumes: finished cells are reused, never redone; a cell
+or grid made with other settings is refused unless --force (which replaces it).
 
 Examples:
   scripts/eval/f5_niah.py
@@ -61,7 +62,7 @@ import re
 import sys
 import time
 import unicodedata
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -103,7 +104,6 @@ HOOK_KEYS = ("preset", "scale_k", "scale_v", "sink", "mode", "warm")
 CACHE = paths.CACHE / "niah"
 GEN_RE = re.compile(r"^[\d.]+ I generate: n_ctx = \d+, n_batch = \d+, n_predict = -?\d+, n_keep = (\d+)\n"
                     r"[\d.]+ I \n(.*?)(?=^\d+\.\d+\.\d+\.\d+ [A-Z] |\Z)", re.MULTILINE | re.DOTALL)
-LOGLINE_RE = re.compile(r"^\d+\.\d+\.\d+\.\d+ [A-Z] ", re.MULTILINE)
 
 
 class NiahError(RuntimeError):
@@ -361,7 +361,8 @@ def build_prompt(tok: Tokenizer, haystack: str, cfg: dict, length: int, depth: f
     hay_tokens = end - start - (n_end - n_start)
     return Prompt(length=length, depth=depth, city=city, answer=number, needle=needle, question=question,
                   user=head + text + "\n\n" + question, text=tok.format(head + text + "\n\n" + question),
-                  n_tokens=n, haystack_chars=len(ctx), needle_char=at, depth_chars=(at - 1 if at else 0) / max(len(ctx), 1),
+                  n_tokens=n, haystack_chars=len(ctx), needle_char=at,
+                  depth_chars=(at - 1 if at else 0) / max(len(ctx), 1),
                   haystack_tokens=(start, end), needle_tokens=(n_start, n_end),
                   depth_tokens=(n_start - start) / max(hay_tokens, 1))
 
@@ -394,13 +395,15 @@ def cell_settings(cfg: dict, model: str, length: int, depth: float, row: dict, h
 
 
 def check_existing(rec_path: Path, settings: dict, force: bool) -> dict | None:
-    """The finished record of a cell with equal settings (resume), None when it must run; a record made
-    with other settings is an error unless ``force``."""
-    if not rec_path.exists() or force:
+    """The finished record of a cell with equal settings (resume, also with ``force``), None when it must
+    run; a record made with other settings is an error unless ``force`` (then it is replaced)."""
+    if not rec_path.exists():
         return None
     old = json.loads(rec_path.read_text())
     if old.get("settings") == settings:
         return old
+    if force:
+        return None
     diff = sorted(k for k in set(settings) | set(old.get("settings", {}))
                   if settings.get(k) != old.get("settings", {}).get(k))
     raise RecordMismatch(f"{paths.relative(rec_path)} was made with other settings ({', '.join(diff)}); "
@@ -421,7 +424,8 @@ def parse_generation(log: str) -> tuple[int, str, str]:
 def perf(log: str) -> dict:
     pe = re.search(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens", log)
     ev = re.search(r"\s eval time =\s*([\d.]+) ms /\s*(\d+) runs", log)
-    return {"prompt_eval_ms": float(pe.group(1)) if pe else None, "prompt_eval_tokens": int(pe.group(2)) if pe else None,
+    return {"prompt_eval_ms": float(pe.group(1)) if pe else None,
+            "prompt_eval_tokens": int(pe.group(2)) if pe else None,
             "eval_ms": float(ev.group(1)) if ev else None, "eval_runs": int(ev.group(2)) if ev else None}
 
 
@@ -453,17 +457,8 @@ def hook_metrics(stats_path: Path, prompt: Prompt, n_prompt: int, resolved: dict
     }
 
 
-def run_schema() -> dict:
-    """run.schema.json with this driver's record kind allowed."""
-    schema = json.loads(results.SCHEMA_PATH.read_text())
-    schema["properties"]["kind"] = {"enum": sorted(set(schema["properties"]["kind"]["enum"]) | {"niah"})}
-    return schema
-
-
 def run_cell(cfg: dict, model: str, prompt: Prompt, row: dict, settings: dict, out_dir: Path) -> dict:
-    """One llama-completion run of a cell; writes and returns its record."""
-    import jsonschema
-
+    """One llama-completion run of a cell; writes and returns its record (kind "niah" of run.schema.json)."""
     name = cell_name(prompt.length, prompt.depth, row["name"])
     model_path = models.fetch(model)
     binary = tools.require_binary(paths.binary("llama-completion", variant=cfg["variant"]))
@@ -535,7 +530,7 @@ def run_cell(cfg: dict, model: str, prompt: Prompt, row: dict, settings: dict, o
         "data": {"file": paths.relative(sums), "sha256": pypi.sha256_of(sums)},
         "device": results.device_info(), "metrics": metrics, "log": paths.relative(log_path),
     }
-    jsonschema.validate(rec, run_schema())
+    results.validate(rec)
     results.write_json_atomic(out_dir / f"{name}.json", rec)
     return rec
 
@@ -561,8 +556,11 @@ def grid_data(cfg: dict, model: str, lengths: list[int], recs: dict) -> dict:
         for d in cfg["depths"]:
             for row in rows:
                 r = recs[(L, d, row)]
+                ns, ne = r["metrics"]["needle_tokens"]
+                sink = r["elastickv"]["sink"] if r["elastickv"]["enabled"] else None
                 cells.append({"length": L, "depth": d, "row": row,
                               **{k: r["metrics"].get(k) for k in CELL_KEYS},
+                              "needle_tokens_in_sink": None if sink is None else max(0, min(ne, sink) - ns),
                               "record": paths.relative(paths.ROOT / r["log"]).removesuffix(".log") + ".json",
                               "log": r["log"]})
     wall = {row: sum(c["wall_s"] for c in cells if c["row"] == row) for row in rows}
@@ -612,13 +610,15 @@ def run_model(cfg: dict, model: str, force: bool = False) -> dict:
         if tok is not None:
             tok.close()
     data = grid_data(cfg, model, lengths, recs)
-    sources = [out_dir / f"{cell_name(L, d, r['name'])}.json" for L in lengths for d in cfg["depths"] for r in cfg["rows"]]
+    sources = [out_dir / f"{cell_name(L, d, r['name'])}.json"
+               for L in lengths for d in cfg["depths"] for r in cfg["rows"]]
     notes = ("Needle-in-a-haystack, exact match of the needle's 7-digit number in the greedy answer (digit-group "
              "separators removed). Prompt: the model's chat template (llama-completion --jinja -cnv -st), "
              "instruction, Paul Graham essays with the needle on the sentence boundary nearest to the depth, "
              "question. Prompt tokens in [L, L + length_tolerance], -b = -ub = evict_every, so the hook's last pass "
              "before the answer covers the whole haystack (per cell: passes_before_answer, "
-             "needle_thresholded_before_answer; false when the needle lies in the SINK positions). Sparsity over "
+             "needle_thresholded_before_answer: false when the needle starts in the SINK positions, which are never "
+             "thresholded; needle_tokens_in_sink: how many of its tokens lie there). Sparsity over "
              "all cells of the final cache, sinks included; at_answer: after the last pass before the answer. "
              "Zeroing in a dense cache saves no resident memory.")
     cfg_m = dict(cfg, models=[model], lengths={model: lengths})

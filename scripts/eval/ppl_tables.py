@@ -65,6 +65,14 @@ def per_chunk_deltas(running: list[float]) -> list[float]:
 
 def entry(model: str, ctx: int, row: dict, rec: dict, base_ppl: float, rec_path: Path) -> dict:
     m = rec["metrics"]
+    sk, sv, nominal, bitmap = m["sparsity_k_all"], m["sparsity_v_all"], m["nominal"], m["bitmap"]
+    if (sk is None) != (sv is None):
+        # one tensor untouched (scale 0, e.g. the k-only preset): the hook reports nothing for it, so the
+        # hook's nominal/bitmap cover only the other one. Count the untouched tensor as dense (sparsity 0) and
+        # redo both figures over K+V (K and V hold the same number of values in these models).
+        sk, sv = sk or 0.0, sv or 0.0
+        nnz = (1 - sk) + (1 - sv)
+        nominal, bitmap = 2 / nnz, 16 * 2 / (2 + 16 * nnz)
     per_chunk = []
     if m.get("kld"):
         k = logparse.kld_stats((paths.ROOT / rec["log"]).read_text(errors="replace"))
@@ -78,9 +86,9 @@ def entry(model: str, ctx: int, row: dict, rec: dict, base_ppl: float, rec_path:
         "chunks": m["chunks_scored"], "tokens_scored": m["chunks_scored"] * (ctx // 2),
         "ppl": m["ppl"], "ppl_delta_pct": 100.0 * (m["ppl"]["value"] / base_ppl - 1.0),
         "ln_ppl_ratio": m.get("ln_ppl_ratio"), "kld": m.get("kld"), "same_top_p_pct": m.get("same_top_p_pct"),
-        "sparsity_k": m["sparsity_k_all"], "sparsity_v": m["sparsity_v_all"],
+        "sparsity_k": sk, "sparsity_v": sv,
         "sparsity_k_region": m.get("sparsity_k_region"), "sparsity_v_region": m.get("sparsity_v_region"),
-        "nominal": m["nominal"], "bitmap": m["bitmap"], "resident": m["resident"], "kv_mib": m["kv_mib"],
+        "nominal": nominal, "bitmap": bitmap, "resident": m["resident"], "kv_mib": m["kv_mib"],
         "hadamard_rotation": m["hadamard_rotation"], "hist": m.get("hist"),
         "per_chunk": per_chunk, "record": paths.relative(rec_path),
     }
@@ -116,9 +124,10 @@ def run(cfg: dict, force: bool = False) -> dict:
                 recs[row["name"]] = ppl.run(row["name"], row_settings(cfg, model, ctx, chunks, row), out,
                                             kld="compare", force=force)
                 bar.update()
-            # ΔPPL against the f16 run's own PPL: "Mean PPL(base)" of a KLD run is computed from the stored base
-            # log-probabilities, which llama.cpp keeps in a lossy 16-bit form (it differs by ~0.2 % on the default model)
-            base_ppl = base_rec["metrics"]["ppl"]["value"]
+            # ΔPPL against the f16 run's own PPL (the `baseline` row, 6 printed decimals; else the base run, 4):
+            # "Mean PPL(base)" of a KLD run is computed from the stored base log-probabilities, which llama.cpp
+            # keeps in a lossy 16-bit form (it differs by ~0.2 % on the default model)
+            base_ppl = (recs["baseline"] if "baseline" in recs else base_rec)["metrics"]["ppl"]["value"]
             for row in cfg["rows"]:
                 entries.append(entry(model, ctx, row, recs[row["name"]], base_ppl, out / f"{row['name']}.json"))
                 sources.append(out / f"{row['name']}.json")

@@ -10,6 +10,7 @@ ElasticKV panel. Reads results/ only; writes paper/figures/fig3_niah_heatmap.pdf
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -63,8 +64,11 @@ def main() -> None:
         for j in range(len(d["rows"]), n_cols):
             axes[i][j].axis("off")
     fig.tight_layout()
+    fig.text(0.01, -0.02, "green: the needle's number is in the greedy answer; red: it is not. s: the needle starts "
+             "inside the first SINK positions, which ElasticKV never thresholds.", fontsize=6, ha="left", va="top")
     plotcommon.save(fig, "fig3_niah_heatmap")
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__).parse_args()
     sys.exit(plotcommon.main_guard(main))
