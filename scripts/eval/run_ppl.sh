@@ -5,7 +5,7 @@
 #   long    Table 4, long-context PPL (4096, 8192)   -> results/long_context_results.json
 #   sinks   Table 5, sink ablation (SINK 0..256)     -> results/sink_ablation.json
 #   all     the three, in that order
-# Every table has the f16 baseline, ElasticKV rows and llama.cpp's q8_0 / q5_1 / q4_0 caches in the same run,
+# Every table has the f16 baseline, ElasticKV rows and llama.cpp's quantized caches (q8_0 / q5_1 / q4_0) in the same run,
 # -b = -ub = EVICT_EVERY, and KL divergence / top-1 agreement against the baseline's logits.
 # Further arguments go to scripts/eval/ppl_tables.py (--set KEY=VALUE, --force; see its --help).
 # An interrupted sweep resumes where it stopped; results made with other settings are refused without --force.

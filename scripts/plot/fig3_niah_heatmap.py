@@ -25,12 +25,13 @@ CMAP = ListedColormap(["#d7301f", "#1a9850"])  # incorrect, correct
 
 
 def grids() -> list[dict]:
-    """The NIAH aggregates in results/niah/, in file name order."""
+    """The NIAH aggregates in results/niah/, the largest grid first."""
     files = sorted((plotcommon.RESULTS / "niah").glob("*.json"))
     if not files:
         raise plotcommon.MissingResult("results/niah/<model>.json is missing; the script that makes it is listed "
                                        "in results/MANIFEST.md (scripts/eval/f5_niah.py)")
-    return [plotcommon.load(f"niah/{f.name}") for f in files]
+    aggs = [plotcommon.load(f"niah/{f.name}") for f in files]
+    return sorted(aggs, key=lambda a: (-len(a["data"]["cells"]), a["data"]["model"]))
 
 
 def main() -> None:
