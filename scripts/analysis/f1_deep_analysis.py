@@ -16,7 +16,6 @@ Reads only results/ (the tables of scripts/eval/ppl_tables.py) -> results/ppl/pa
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from pathlib import Path
@@ -70,10 +69,7 @@ def main() -> int:
         cfg = config.load(args.config, DEFAULTS, args.overrides)
         rows, sources = [], []
         for rel in cfg["inputs"]:
-            path = paths.ROOT / rel
-            if not path.exists():
-                raise FileNotFoundError(f"{rel} is missing: run the script that makes it first (results/MANIFEST.md)")
-            agg = json.loads(path.read_text())
+            agg = results.load_input(rel)
             rows += analyse(agg["data"]["entries"], cfg, agg["artifact"])
             sources.append(rel)
         notes = ("d_i = per-chunk ln PPL(row) - ln PPL(f16 baseline run), same chunks, from each run's own per-chunk PPL; se = sd(d)/sqrt(n); z = mean/se; "

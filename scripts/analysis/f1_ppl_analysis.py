@@ -35,13 +35,6 @@ DEFAULTS = {
 }
 
 
-def load(rel: str) -> dict:
-    path = paths.ROOT / rel
-    if not path.exists():
-        raise FileNotFoundError(f"{rel} is missing: run the script that makes it first (results/MANIFEST.md)")
-    return json.loads(path.read_text())
-
-
 def niah_summary(folder: Path) -> tuple[list[dict], list[str]]:
     out, sources = [], []
     for p in sorted(folder.glob("*.json")):
@@ -63,7 +56,7 @@ def main() -> int:
         cfg = config.load(args.config, DEFAULTS, args.overrides)
         rows, sources = [], []
         for rel in cfg["inputs"]:
-            agg = load(rel)
+            agg = results.load_input(rel)
             sources.append(rel)
             for e in agg["data"]["entries"]:
                 if e["row"] == "baseline" or not e["kld"]:
@@ -87,7 +80,7 @@ def main() -> int:
                                 {"rows": rows, "correlations": corr, "niah": niah}, sources + niah_sources, notes)
         results.write_aggregate(paths.ROOT / cfg["output"], agg, force=args.force)
 
-        t2 = load(cfg["table2"])
+        t2 = results.load_input(cfg["table2"])
         kv = []
         for e in t2["data"]["entries"]:
             if e["row"] in cfg["kv_rows"]:

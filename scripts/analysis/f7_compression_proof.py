@@ -18,7 +18,6 @@ Reads only results/ -> results/f7_compression_proof.json.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -40,10 +39,7 @@ def main() -> int:
         cfg = config.load(args.config, DEFAULTS, args.overrides)
         rows, sources = [], []
         for rel in cfg["inputs"]:
-            path = paths.ROOT / rel
-            if not path.exists():
-                raise FileNotFoundError(f"{rel} is missing: run the script that makes it first (results/MANIFEST.md)")
-            agg = json.loads(path.read_text())
+            agg = results.load_input(rel)
             sources.append(rel)
             for e in agg["data"]["entries"]:
                 bitmap = e["bitmap"] if e["bitmap"] is not None else 1.0

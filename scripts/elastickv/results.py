@@ -157,3 +157,11 @@ def write_aggregate(path: Path, obj: dict, force: bool = False) -> None:
         if old.get("config") != obj["config"]:
             raise ResultExists(f"{paths.relative(path)} was made with another config; use --force to replace it")
     write_json_atomic(path, obj)
+
+
+def load_input(rel: str) -> dict:
+    """A result file another analysis reads (path relative to the repository root); a clear error when missing."""
+    path = paths.ROOT / rel
+    if not path.exists():
+        raise FileNotFoundError(f"{rel} is missing: run the script that makes it first (results/MANIFEST.md)")
+    return json.loads(path.read_text())
