@@ -54,3 +54,44 @@ def load(folder: Path, ctx: int, pass_id: int) -> DumpPass:
         if path.exists():
             cells[kind] = np.load(path)
     return DumpPass(manifest=manifest, cells=cells, prefix=prefix)
+
+
+# ------------------------------------------------------------------------------- token-eviction baselines
+# With a token policy (ELASTICKV_POLICY = streaming, h2o, ...) every pass writes, per sequence, with prefix
+# ``ctx<C>_pass<PPPPPP>_seq<S>``:
+#   ``.json``                 policy, budget settings (fraction, cells, recent, heavy_ratio, seed, beta), sink,
+#                             n_layer, the budget B and the sequence's cell count n;
+#   ``_cells.npy``            int32 [n, 3]: stream, cell, pos, in ascending position;
+#   ``_score.npy``            float32 [n_layer, n_head_kv, n]: the accumulated scores read at the pass (before
+#                             any reset), 0 for policies without scores;
+#   ``_evicted_before.npy``, ``_evicted_after.npy``  uint8 [n_layer, n_head_kv, n]: evicted flags.
+
+@dataclass
+class TokenPass:
+    manifest: dict
+    cells: np.ndarray
+    score: np.ndarray
+    before: np.ndarray
+    after: np.ndarray
+
+    @property
+    def pos(self) -> np.ndarray:
+        return self.cells[:, 2]
+
+
+def token_passes(folder: Path) -> list[tuple[int, int, int]]:
+    """(ctx, pass, seq) of every token-eviction pass in the folder, in order."""
+    out = []
+    for p in Path(folder).glob("ctx*_pass*_seq*.json"):
+        m = re.fullmatch(r"ctx(\d+)_pass(\d+)_seq(\d+)\.json", p.name)
+        if m:
+            out.append((int(m.group(1)), int(m.group(2)), int(m.group(3))))
+    return sorted(out)
+
+
+def load_token(folder: Path, ctx: int, pass_id: int, seq: int) -> TokenPass:
+    prefix = Path(folder) / f"ctx{ctx}_pass{pass_id:06d}_seq{seq}"
+    return TokenPass(manifest=json.loads(Path(f"{prefix}.json").read_text()),
+                     cells=np.load(f"{prefix}_cells.npy"), score=np.load(f"{prefix}_score.npy"),
+                     before=np.load(f"{prefix}_evicted_before.npy").astype(bool),
+                     after=np.load(f"{prefix}_evicted_after.npy").astype(bool))

@@ -11,6 +11,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+from .policies.common import parse_budget
+
 
 @dataclass(frozen=True)
 class Var:
@@ -34,6 +36,22 @@ VARS: tuple[Var, ...] = (
     Var("ELASTICKV_MODE", "full", "full or incremental", "full: re-threshold the cache each pass; incremental: each cell once"),
     Var("ELASTICKV_STATS", "", "a path to a JSONL file (appended)", "one record per pass, layer, K/V and head"),
     Var("ELASTICKV_DUMP", "", "a directory (created if missing)", "K/V of each layer before and after a pass as .npy, with cell positions"),
+    Var("ELASTICKV_POLICY", "elastickv",
+        "elastickv, streaming, h2o, scissorhands, pyramidkv, random_tokens, random_entries or topk_entries",
+        "what a pass does: ElasticKV thresholding, a token eviction (-inf attention bias per layer and KV head; "
+        "needs -fa off) or an element baseline"),
+    Var("ELASTICKV_BUDGET", "",
+        "a fraction in (0, 1] written with a decimal point (0.5) or as a percentage (50%), or a whole number of "
+        "cells (>= 1, token policies only)",
+        "every policy but elastickv (required): cells kept per sequence and layer, or the fraction of K/V entries kept"),
+    Var("ELASTICKV_RECENT", "auto", "auto, or an integer >= 0",
+        "token policies: most recent positions always kept; auto: (1 - HEAVY_RATIO) of the budget after the sinks"),
+    Var("ELASTICKV_HEAVY_RATIO", "0.8", "a number in [0, 1]",
+        "h2o, scissorhands, pyramidkv, random_tokens: share of the budget after the sinks chosen by priority when "
+        "RECENT is auto"),
+    Var("ELASTICKV_SEED", "42", "an integer in [0, 9223372036854775807]", "random_tokens and random_entries: seed of the hash"),
+    Var("ELASTICKV_PYRAMID_BETA", "20", "a number in [1, 1000000]",
+        "pyramidkv: the top layer keeps budget/beta cells, the bottom 2*budget - budget/beta"),
 )
 
 BY_NAME = {v.name: v for v in VARS}
@@ -41,6 +59,13 @@ BY_NAME = {v.name: v for v in VARS}
 #: preset -> (scale_k, scale_v), as EKV_PRESETS in llama-elastickv.cpp
 PRESETS = {"sweet": (0.45, 0.50), "aggressive": (0.50, 0.50), "k-only": (0.35, 0.00)}
 MODES = ("full", "incremental")
+#: ELASTICKV_POLICY values (scripts/elastickv/policies has their numpy definitions)
+POLICIES = ("elastickv", "streaming", "h2o", "scissorhands", "pyramidkv", "random_tokens", "random_entries",
+            "topk_entries")
+TOKEN_POLICIES = ("streaming", "h2o", "scissorhands", "pyramidkv", "random_tokens")
+_ELASTICKV_ONLY = ("ELASTICKV_PRESET", "ELASTICKV_SCALE_K", "ELASTICKV_SCALE_V", "ELASTICKV_MODE")
+_BASELINE_ONLY = ("ELASTICKV_BUDGET", "ELASTICKV_RECENT", "ELASTICKV_HEAVY_RATIO", "ELASTICKV_SEED",
+                  "ELASTICKV_PYRAMID_BETA")
 
 
 class EnvError(ValueError):
@@ -98,11 +123,14 @@ def resolve(env: dict[str, str]) -> dict:
     if mode not in MODES:
         _fail("ELASTICKV_MODE", mode, "is not a mode")
     head_dim = get("ELASTICKV_HEAD_DIM")
-    return {
+    baseline = _resolve_policy(env)
+    if baseline["policy"] != "elastickv":
+        sk = sv = 0.0
+    return baseline | {
         "enabled": integer("ELASTICKV", 0, 1) == 1,
         "preset": preset,
-        "scale_k": scale("ELASTICKV_SCALE_K", sk),
-        "scale_v": scale("ELASTICKV_SCALE_V", sv),
+        "scale_k": scale("ELASTICKV_SCALE_K", sk) if baseline["policy"] == "elastickv" else 0.0,
+        "scale_v": scale("ELASTICKV_SCALE_V", sv) if baseline["policy"] == "elastickv" else 0.0,
         "sink": integer("ELASTICKV_SINK", 0, 2**31 - 1),
         "evict_every": integer("ELASTICKV_EVICT_EVERY", 1, 1048576),
         "warm": integer("ELASTICKV_WARM", 0, 2**31 - 1),
@@ -112,6 +140,77 @@ def resolve(env: dict[str, str]) -> dict:
         "stats": env.get("ELASTICKV_STATS"),
         "dump": env.get("ELASTICKV_DUMP"),
     }
+
+
+def _resolve_policy(env: dict[str, str]) -> dict:
+    """ELASTICKV_POLICY and the baselines' budget, refused as the hook refuses them (unused variables too)."""
+    policy = env.get("ELASTICKV_POLICY", "elastickv")
+    if policy not in POLICIES:
+        _fail("ELASTICKV_POLICY", policy, "is not a policy")
+
+    def unused(name: str, why: str) -> None:
+        if name in env:
+            _fail(name, env[name], f"is set but ELASTICKV_POLICY={policy} {why}")
+
+    out = {"policy": policy, "budget": None, "recent": "auto", "heavy_ratio": 0.8, "seed": 42, "pyramid_beta": 20.0}
+    if policy == "elastickv":
+        for name in _BASELINE_ONLY:
+            unused(name, "does not use it (it sets the baselines' budget)")
+        return out
+    for name in _ELASTICKV_ONLY:
+        unused(name, "does not use it (it sets ElasticKV's thresholds)")
+    if "ELASTICKV_BUDGET" not in env:
+        raise EnvError(f"ELASTICKV_POLICY={policy} needs ELASTICKV_BUDGET; accepted: {BY_NAME['ELASTICKV_BUDGET'].accepts}")
+    text = env["ELASTICKV_BUDGET"]
+    try:
+        b = parse_budget(text)
+    except ValueError:
+        _fail("ELASTICKV_BUDGET", text, "is not a budget")
+    token = policy in TOKEN_POLICIES
+    if not token and b.fraction <= 0:
+        _fail("ELASTICKV_BUDGET", text, f"is a cell count, but ELASTICKV_POLICY={policy} keeps a fraction of the K/V entries")
+    out["budget"] = b.fraction if b.fraction > 0 else b.cells
+    if not token:
+        unused("ELASTICKV_RECENT", "zeroes entries, it keeps no recent window")
+        unused("ELASTICKV_HEAVY_RATIO", "zeroes entries, it has no heavy hitters")
+    if policy != "pyramidkv":
+        unused("ELASTICKV_PYRAMID_BETA", "is not pyramidkv")
+    if policy == "streaming":
+        unused("ELASTICKV_RECENT", "keeps the most recent cells of the budget anyway")
+        unused("ELASTICKV_HEAVY_RATIO", "has no heavy hitters")
+    if policy not in ("random_tokens", "random_entries"):
+        unused("ELASTICKV_SEED", "is not random")
+
+    def number(name: str, lo: float, hi: float, default: float) -> float:
+        if name not in env:
+            return default
+        try:
+            v = float(env[name])
+        except ValueError:
+            _fail(name, env[name], "is not a finite number")
+        if math.isnan(v) or math.isinf(v):
+            _fail(name, env[name], "is not a finite number")
+        if not lo <= v <= hi:
+            _fail(name, env[name], "is out of range")
+        return v
+
+    def integer(name: str, lo: int, hi: int, default: int) -> int:
+        if name not in env:
+            return default
+        try:
+            v = int(env[name], 10)
+        except ValueError:
+            _fail(name, env[name], "is not an integer")
+        if not lo <= v <= hi:
+            _fail(name, env[name], "is out of range")
+        return v
+
+    recent = env.get("ELASTICKV_RECENT", "auto")
+    out["recent"] = "auto" if recent == "auto" else integer("ELASTICKV_RECENT", 0, 2**31 - 1, 0)
+    out["heavy_ratio"] = number("ELASTICKV_HEAVY_RATIO", 0.0, 1.0, 0.8)
+    out["seed"] = integer("ELASTICKV_SEED", 0, 2**63 - 1, 42)
+    out["pyramid_beta"] = number("ELASTICKV_PYRAMID_BETA", 1.0, 1e6, 20.0)
+    return out
 
 
 def hook_env(enabled: bool = True, **settings: object) -> dict[str, str]:

@@ -129,7 +129,11 @@ def run(name: str, s: PplSettings, out_dir: Path, kld: str | None = None, force:
     else:
         v, e = logparse.final_ppl(text)
         metrics |= {"ppl": {"value": v, "stderr": e}, "chunks_scored": len(logparse.chunk_ppls(text))}
-    if stats_path is not None:
+    if stats_path is not None and resolved["policy"] != "elastickv":
+        _, recs = stats.read(stats_path)
+        metrics |= stats.summarize_policy(recs)
+        metrics["stats"] = paths.relative(stats.compress(stats_path))
+    elif stats_path is not None:
         _, heads = stats.read(stats_path)
         summ = stats.summarize(heads)
         metrics |= {k: summ[k] for k in ("sparsity_k_all", "sparsity_v_all", "sparsity_k_region",

@@ -124,3 +124,64 @@ def per_head(heads: list[dict]) -> list[dict]:
     for (il, kv, h), (n, nnz) in sorted(acc.items()):
         out.append({"layer": il, "kv": kv, "head": h, "sparsity": 1.0 - nnz / n if n else None})
     return out
+
+
+# ---------------------------------------------------------------------------------------------- baselines
+# With ELASTICKV_POLICY other than elastickv the hook writes, per pass:
+#   {"record": "evict", ctx, pass, seq, pos_max, layer, head, n, budget, kept}   (token policies; per KV head)
+#   {"record": "entries", ctx, pass, layer, kv, n_obs, nnz_obs}                  (element policies; cells
+#                                                                                  outside the sinks)
+# A sequence's state is its last pass before its positions start again (a new chunk).
+
+def _last_passes(recs: list[dict], key) -> list[int]:
+    """Passes that end a segment: the next pass of the same key starts lower (pos_max) or there is none."""
+    by_key: dict = defaultdict(dict)
+    for r in recs:
+        by_key[key(r)][r["pass"]] = r.get("pos_max", 0)
+    out = []
+    for passes in by_key.values():
+        order = sorted(passes)
+        for i, p in enumerate(order):
+            if i + 1 == len(order) or passes[order[i + 1]] <= passes[p]:
+                out.append(p)
+    return sorted(out)
+
+
+def summarize_policy(records: list[dict]) -> dict:
+    """Kept fractions of a baseline run: at the final pass of every chunk, averaged over chunks.
+
+    Token policies: kept_cells = sum(kept) / sum(n) over layers and KV heads (the logical budget; evicted
+    cells keep their memory, resident bytes do not change). Element policies: sparsity of K and V over the
+    entries of the cells outside the sinks.
+    """
+    ev = [r for r in records if r.get("record") == "evict"]
+    en = [r for r in records if r.get("record") == "entries"]
+    if ev:
+        finals = set(_last_passes(ev, lambda r: (r["ctx"], r["seq"])))
+        per_chunk = []
+        for p in sorted(finals):
+            rs = [r for r in ev if r["pass"] == p]
+            per_chunk.append(sum(r["kept"] for r in rs) / sum(r["n"] for r in rs))
+        layers: dict = defaultdict(lambda: [0, 0])
+        for r in ev:
+            if r["pass"] in finals:
+                layers[r["layer"]][0] += r["kept"]
+                layers[r["layer"]][1] += r["n"]
+        kept = float(np.mean(per_chunk))
+        return {"kept_cells": kept, "kept_cells_per_chunk": per_chunk, "n_passes": len({r["pass"] for r in ev}),
+                "kept_per_layer": {str(k): v[0] / v[1] for k, v in sorted(layers.items())},
+                "sparsity_k_all": 1.0 - kept, "sparsity_v_all": 1.0 - kept, "nominal": 1.0 / kept}
+    if en:
+        # every pass lists all cells of the sequence: the last pass of each chunk is its final state
+        passes = sorted({r["pass"] for r in en})
+        by_pass = defaultdict(lambda: {"k": [0.0, 0.0], "v": [0.0, 0.0]})
+        for r in en:
+            by_pass[r["pass"]][r["kv"]][0] += r["n_obs"]
+            by_pass[r["pass"]][r["kv"]][1] += r["nnz_obs"]
+        totals = [by_pass[p]["k"][0] + by_pass[p]["v"][0] for p in passes]
+        finals = [p for i, p in enumerate(passes) if i + 1 == len(passes) or totals[i + 1] <= totals[i]]
+        sk = float(np.mean([1 - by_pass[p]["k"][1] / by_pass[p]["k"][0] for p in finals]))
+        sv = float(np.mean([1 - by_pass[p]["v"][1] / by_pass[p]["v"][0] for p in finals]))
+        return {"sparsity_k_region": sk, "sparsity_v_region": sv, "sparsity_k_all": sk, "sparsity_v_all": sv,
+                "kept_entries": 1 - (sk + sv) / 2, "n_passes": len(passes), "nominal": 2 / ((1 - sk) + (1 - sv))}
+    raise ValueError("no evict or entries records: not a baseline run, or the hook never ran a pass")

@@ -2,6 +2,7 @@
 // ElasticKV hook: environment, per-sequence triggers, sink masks by position, the per-layer pass,
 // statistics, dumps and verbose output. See llama-elastickv.h for the overview.
 #include "llama-elastickv.h"
+#include "llama-elastickv-evict.h"
 
 #include "llama-impl.h"
 #include "llama-batch.h"
@@ -43,6 +44,14 @@ const llama_elastickv_var LLAMA_ELASTICKV_VARS[] = {
     { "ELASTICKV_MODE",        "full",  "full or incremental",                      "full: re-threshold the cache each pass; incremental: each cell once" },
     { "ELASTICKV_STATS",       "",      "a path to a JSONL file (appended)",        "one record per pass, layer, K/V and head" },
     { "ELASTICKV_DUMP",        "",      "a directory (created if missing)",         "K/V of each layer before and after a pass as .npy, with cell positions" },
+    { "ELASTICKV_POLICY",      "elastickv", "elastickv, streaming, h2o, scissorhands, pyramidkv, random_tokens, random_entries or topk_entries",
+                                                                                        "what a pass does: ElasticKV thresholding, a token eviction (-inf attention bias per layer and KV head; needs -fa off) or an element baseline" },
+    { "ELASTICKV_BUDGET",      "",      "a fraction in (0, 1] written with a decimal point (0.5) or as a percentage (50%), or a whole number of cells (>= 1, token policies only)",
+                                                                                        "every policy but elastickv (required): cells kept per sequence and layer, or the fraction of K/V entries kept" },
+    { "ELASTICKV_RECENT",      "auto",  "auto, or an integer >= 0",                 "token policies: most recent positions always kept; auto: (1 - HEAVY_RATIO) of the budget after the sinks" },
+    { "ELASTICKV_HEAVY_RATIO", "0.8",   "a number in [0, 1]",                       "h2o, scissorhands, pyramidkv, random_tokens: share of the budget after the sinks chosen by priority when RECENT is auto" },
+    { "ELASTICKV_SEED",        "42",    "an integer in [0, 9223372036854775807]",   "random_tokens and random_entries: seed of the hash" },
+    { "ELASTICKV_PYRAMID_BETA","20",    "a number in [1, 1000000]",                 "pyramidkv: the top layer keeps budget/beta cells, the bottom 2*budget - budget/beta" },
 };
 
 const size_t LLAMA_ELASTICKV_N_VARS = sizeof(LLAMA_ELASTICKV_VARS)/sizeof(LLAMA_ELASTICKV_VARS[0]);
@@ -113,6 +122,69 @@ float ekv_parse_scale(const char * name, const char * s) {
     return v;
 }
 
+struct ekv_policy_name {
+    const char *           name;
+    llama_elastickv_policy policy;
+};
+
+const ekv_policy_name EKV_POLICIES[] = {
+    { "elastickv",      LLAMA_ELASTICKV_POLICY_ELASTICKV },
+    { "streaming",      LLAMA_ELASTICKV_POLICY_STREAMING },
+    { "h2o",            LLAMA_ELASTICKV_POLICY_H2O },
+    { "scissorhands",   LLAMA_ELASTICKV_POLICY_SCISSORHANDS },
+    { "pyramidkv",      LLAMA_ELASTICKV_POLICY_PYRAMIDKV },
+    { "random_tokens",  LLAMA_ELASTICKV_POLICY_RANDOM_TOKENS },
+    { "random_entries", LLAMA_ELASTICKV_POLICY_RANDOM_ENTRIES },
+    { "topk_entries",   LLAMA_ELASTICKV_POLICY_TOPK_ENTRIES },
+};
+
+const char * ekv_policy_name_of(llama_elastickv_policy p) {
+    for (const auto & e : EKV_POLICIES) {
+        if (e.policy == p) {
+            return e.name;
+        }
+    }
+    return "?";
+}
+
+double ekv_parse_number(const char * name, const char * s, double lo, double hi) {
+    errno = 0;
+    char * end = nullptr;
+    const double v = strtod(s, &end);
+    if (*s == '\0' || end == s || *end != '\0' || errno == ERANGE || std::isnan(v) || std::isinf(v)) {
+        ekv_fail(name, s, "is not a finite number");
+    }
+    if (v < lo || v > hi) {
+        ekv_fail(name, s, "is out of range");
+    }
+    return v;
+}
+
+// ELASTICKV_BUDGET: "0.5" or "50%" (a fraction), or "2048" (cells)
+void ekv_parse_budget(const char * s, llama_elastickv_budget & b) {
+    const size_t len = strlen(s);
+    if (len > 0 && s[len - 1] == '%') {
+        const std::string num(s, len - 1);
+        errno = 0;
+        char * end = nullptr;
+        const double v = strtod(num.c_str(), &end);
+        if (num.empty() || *end != '\0' || errno == ERANGE || !(v > 0.0 && v <= 100.0)) {
+            ekv_fail("ELASTICKV_BUDGET", s, "is not a percentage in (0%, 100%]");
+        }
+        b.fraction = v/100.0;
+    } else if (strchr(s, '.') || strchr(s, 'e') || strchr(s, 'E')) {
+        errno = 0;
+        char * end = nullptr;
+        const double v = strtod(s, &end);
+        if (*s == '\0' || *end != '\0' || errno == ERANGE || !(v > 0.0 && v <= 1.0)) {
+            ekv_fail("ELASTICKV_BUDGET", s, "is not a fraction in (0, 1]");
+        }
+        b.fraction = v;
+    } else {
+        b.cells = ekv_parse_int("ELASTICKV_BUDGET", s, 1, INT64_MAX);
+    }
+}
+
 const char * ekv_mode_name(llama_elastickv_mode m) {
     return m == LLAMA_ELASTICKV_MODE_FULL ? "full" : "incremental";
 }
@@ -139,8 +211,10 @@ std::string ekv_json_escape(const std::string & s) {
     return out;
 }
 
+} // namespace
+
 // Writes a C-order .npy array (format 1.0).
-void ekv_write_npy(const std::string & path, const char * descr, const std::vector<int64_t> & shape, const void * data, size_t nbytes) {
+void llama_elastickv_write_npy(const std::string & path, const char * descr, const std::vector<int64_t> & shape, const void * data, size_t nbytes) {
     std::string header = std::string("{'descr': '") + descr + "', 'fortran_order': False, 'shape': (";
     for (size_t i = 0; i < shape.size(); ++i) {
         header += std::to_string(shape[i]) + ", ";
@@ -167,6 +241,12 @@ void ekv_write_npy(const std::string & path, const char * descr, const std::vect
     fwrite(header.data(), 1, header.size(), f);
     fwrite(data, 1, nbytes, f);
     fclose(f);
+}
+
+namespace {
+
+void ekv_write_npy(const std::string & path, const char * descr, const std::vector<int64_t> & shape, const void * data, size_t nbytes) {
+    llama_elastickv_write_npy(path, descr, shape, data, nbytes);
 }
 
 void ekv_mkdirs(const std::string & dir) {
@@ -285,6 +365,72 @@ llama_elastickv_config llama_elastickv_config_from_env() {
         }
         cfg.dump_dir = s;
     }
+
+    // the baselines (llama-elastickv-policy.h)
+    if ((s = ekv_getenv("ELASTICKV_POLICY"))) {
+        bool found = false;
+        for (const auto & e : EKV_POLICIES) {
+            if (strcmp(s, e.name) == 0) {
+                cfg.policy = e.policy;
+                found = true;
+            }
+        }
+        if (!found) {
+            ekv_fail("ELASTICKV_POLICY", s, "is not a policy");
+        }
+    }
+    const char * policy_name = ekv_policy_name_of(cfg.policy);
+    const llama_elastickv_policy_desc * desc = llama_elastickv_policy_get(cfg.policy);
+    // a variable the chosen policy does not read is refused: it would be ignored silently
+    auto unused = [&](const char * name, const char * why) {
+        if ((s = ekv_getenv(name))) {
+            ekv_fail(name, s, std::string("is set but ELASTICKV_POLICY=") + policy_name + " " + why);
+        }
+    };
+    if (!desc) {
+        for (const char * name : { "ELASTICKV_BUDGET", "ELASTICKV_RECENT", "ELASTICKV_HEAVY_RATIO", "ELASTICKV_SEED", "ELASTICKV_PYRAMID_BETA" }) {
+            unused(name, "does not use it (it sets the baselines' budget)");
+        }
+        return cfg;
+    }
+    for (const char * name : { "ELASTICKV_PRESET", "ELASTICKV_SCALE_K", "ELASTICKV_SCALE_V", "ELASTICKV_MODE" }) {
+        unused(name, "does not use it (it sets ElasticKV's thresholds)");
+    }
+    cfg.scale_k = cfg.scale_v = 0.0f; // the ElasticKV op does not run
+    if (!(s = ekv_getenv("ELASTICKV_BUDGET"))) {
+        throw std::runtime_error(std::string("elastickv: ELASTICKV_POLICY=") + policy_name + " needs ELASTICKV_BUDGET; accepted: " +
+            ekv_var("ELASTICKV_BUDGET").accepts);
+    }
+    ekv_parse_budget(s, cfg.budget);
+    if (!desc->token && cfg.budget.fraction <= 0.0) {
+        ekv_fail("ELASTICKV_BUDGET", s, std::string("is a cell count, but ELASTICKV_POLICY=") + policy_name + " keeps a fraction of the K/V entries");
+    }
+    if (!desc->token) {
+        unused("ELASTICKV_RECENT", "zeroes entries, it keeps no recent window");
+        unused("ELASTICKV_HEAVY_RATIO", "zeroes entries, it has no heavy hitters");
+        unused("ELASTICKV_PYRAMID_BETA", "is not pyramidkv");
+    } else if (cfg.policy != LLAMA_ELASTICKV_POLICY_PYRAMIDKV) {
+        unused("ELASTICKV_PYRAMID_BETA", "is not pyramidkv");
+    }
+    if (cfg.policy == LLAMA_ELASTICKV_POLICY_STREAMING) {
+        unused("ELASTICKV_RECENT", "keeps the most recent cells of the budget anyway");
+        unused("ELASTICKV_HEAVY_RATIO", "has no heavy hitters");
+    }
+    if (cfg.policy != LLAMA_ELASTICKV_POLICY_RANDOM_TOKENS && cfg.policy != LLAMA_ELASTICKV_POLICY_RANDOM_ENTRIES) {
+        unused("ELASTICKV_SEED", "is not random");
+    }
+    if ((s = ekv_getenv("ELASTICKV_RECENT")) && strcmp(s, "auto") != 0) {
+        cfg.budget.recent = (int32_t) ekv_parse_int("ELASTICKV_RECENT", s, 0, INT32_MAX);
+    }
+    if ((s = ekv_getenv("ELASTICKV_HEAVY_RATIO"))) {
+        cfg.budget.heavy_ratio = ekv_parse_number("ELASTICKV_HEAVY_RATIO", s, 0.0, 1.0);
+    }
+    if ((s = ekv_getenv("ELASTICKV_SEED"))) {
+        cfg.budget.seed = (uint64_t) ekv_parse_int("ELASTICKV_SEED", s, 0, INT64_MAX);
+    }
+    if ((s = ekv_getenv("ELASTICKV_PYRAMID_BETA"))) {
+        cfg.budget.beta = ekv_parse_number("ELASTICKV_PYRAMID_BETA", s, 1.0, 1e6);
+    }
     return cfg;
 }
 
@@ -355,6 +501,17 @@ struct llama_elastickv::impl {
     int64_t              n_pass = 0;
     FILE *               stats  = nullptr;
 
+    const llama_elastickv_policy_desc *    desc = nullptr; // nullptr: ElasticKV itself
+    std::unique_ptr<llama_elastickv_evict> evict;           // token policies
+
+    // K (kind 0) or V (kind 1) is rewritten by the pass: ElasticKV with a scale > 0, or an element baseline
+    bool acts(int kind) const {
+        if (desc) {
+            return !desc->token;
+        }
+        return (kind == 0 ? cfg.scale_k : cfg.scale_v) > 0.0f;
+    }
+
     impl(const llama_elastickv_config & cfg, const llama_cparams & cparams) : cfg(cfg), cparams(cparams) {}
 
     ~impl() {
@@ -404,6 +561,7 @@ struct llama_elastickv::impl {
     void read_state(std::vector<std::vector<double>> & host) const;
     void report(const std::vector<llama_seq_id> & seqs_pass, const std::vector<std::vector<double>> & host, double ms);
     void dump(const char * when) const;
+    void entries_apply(const std::vector<llama_seq_id> & seqs_pass);
 };
 
 // finds the attention KV cache this hook works on; nullptr for memories without one
@@ -449,6 +607,20 @@ void llama_elastickv::impl::setup(const llama_model & model, const std::vector<g
     if (cfg.scale_v > 0.0f && !ekv_type_supported(type_v)) {
         throw std::runtime_error(std::string("elastickv: ELASTICKV_SCALE_V > 0 needs a V cache with an exact zero, but -ctv is ") +
             ggml_type_name(type_v) + "; accepted cache types: f32, f16, bf16, q8_0, q4_0, q5_0 (q4_1, q5_1 and iq4_nl have no exact zero)");
+    }
+
+    desc = llama_elastickv_policy_get(cfg.policy);
+    if (desc && desc->token && cparams.flash_attn) {
+        throw std::runtime_error(std::string("elastickv: ELASTICKV_POLICY=") + desc->name + " evicts cells with an attention bias, "
+            "which needs the attention probabilities that flash attention never materialises; run with -fa off");
+    }
+    if (desc && !desc->token) {
+        for (ggml_type t : { type_k, type_v }) {
+            if (t != GGML_TYPE_F32 && t != GGML_TYPE_F16) {
+                throw std::runtime_error(std::string("elastickv: ELASTICKV_POLICY=") + desc->name + " rewrites K/V entries on the host and "
+                    "supports f16 and f32 caches; the cache is " + ggml_type_name(type_k) + "/" + ggml_type_name(type_v) + " (use -ctk f16 -ctv f16)");
+            }
+        }
     }
 
     unified  = kv->n_stream == 1;
@@ -564,6 +736,9 @@ void llama_elastickv::impl::setup(const llama_model & model, const std::vector<g
     if (!cfg.dump_dir.empty()) {
         ekv_mkdirs(cfg.dump_dir);
     }
+    if (desc && desc->token) {
+        evict.reset(new llama_elastickv_evict(*desc, cfg.budget, cfg.sink, kv, hparams, backends));
+    }
 }
 
 // every backend must run the op for its cache types, or the pass would abort mid-decode
@@ -604,6 +779,12 @@ void llama_elastickv::impl::echo(const llama_model & model) const {
         ekv_mode_name(cfg.mode), cfg.preset.c_str(), cfg.scale_k, cfg.scale_v, cfg.sink, cfg.evict_every, cfg.warm,
         cfg.head_dim ? std::to_string(cfg.head_dim).c_str() : "auto", cfg.verbose,
         cfg.stats_path.empty() ? "-" : cfg.stats_path.c_str(), cfg.dump_dir.empty() ? "-" : cfg.dump_dir.c_str());
+    if (desc) {
+        LLAMA_LOG_WARN("elastickv: policy=%s budget=%s recent=%s heavy_ratio=%.3g seed=%" PRIu64 " pyramid_beta=%.3g "
+                       "(the ElasticKV thresholds are not used)\n", desc->name,
+            cfg.budget.fraction > 0 ? (std::to_string(cfg.budget.fraction) + " (fraction)").c_str() : (std::to_string(cfg.budget.cells) + " cells").c_str(),
+            cfg.budget.recent < 0 ? "auto" : std::to_string(cfg.budget.recent).c_str(), cfg.budget.heavy_ratio, cfg.budget.seed, cfg.budget.beta);
+    }
     LLAMA_LOG_WARN("elastickv: cache K %s V %s%s, %zu layers x %u KV heads x head dim %u/%u, %u stream(s), %u group(s), "
                    "K domain %s, V domain %s, backend %s\n",
         ggml_type_name(kv->type_k()), ggml_type_name(kv->type_v()), v_trans ? " (V transposed)" : "",
@@ -613,7 +794,7 @@ void llama_elastickv::impl::echo(const llama_model & model) const {
 
 // Fills list_k/list_v for the sequences flagged in in_pass.
 void llama_elastickv::impl::build_lists(const std::vector<uint8_t> & in_pass) {
-    const bool full = cfg.mode == LLAMA_ELASTICKV_MODE_FULL;
+    const bool full = cfg.mode == LLAMA_ELASTICKV_MODE_FULL && !desc; // element baselines treat each cell once
     for (uint32_t strm = 0; strm < n_stream; ++strm) {
         const auto & cells = cells_of(strm);
         auto & lk = list_k[strm];
@@ -632,8 +813,7 @@ void llama_elastickv::impl::build_lists(const std::vector<uint8_t> & in_pass) {
             const int32_t group = (int32_t) group_of(s);
             const bool    sink  = cells.pos_get(c) < cfg.sink;
             for (int kind = 0; kind < 2; ++kind) {
-                const float scale = kind == 0 ? cfg.scale_k : cfg.scale_v;
-                if (scale <= 0.0f) {
+                if (!acts(kind)) {
                     continue;
                 }
                 const auto & done = kind == 0 ? processed_k[strm] : processed_v[strm];
@@ -831,8 +1011,7 @@ void llama_elastickv::impl::dump(const char * when) const {
     snprintf(prefix, sizeof(prefix), "ctx%d_pass%06" PRId64, ctx_id, n_pass);
     const uint32_t kv_size = kv->get_size();
     for (int kind = 0; kind < 2; ++kind) {
-        const float scale = kind == 0 ? cfg.scale_k : cfg.scale_v;
-        if (scale <= 0.0f) {
+        if (!acts(kind)) {
             continue;
         }
         const char * kn = kind == 0 ? "k" : "v";
@@ -891,6 +1070,98 @@ void llama_elastickv::impl::dump(const char * when) const {
     }
 }
 
+// The element baselines: the listed cells' K/V rows are read, zeroed per KV head by the policy and written
+// back (host memory is edited in place; other buffers go through a host copy of the stream).
+void llama_elastickv::impl::entries_apply(const std::vector<llama_seq_id> & seqs_pass) {
+    for (const auto & D : devs) {
+        ggml_backend_synchronize(D.backend);
+    }
+    const uint32_t kv_size = kv->get_size();
+    std::vector<uint8_t> slab;
+    std::vector<float>   row;
+    for (size_t li = 0; li < layers.size(); ++li) {
+        const auto & l = layers[li];
+        for (int kind = 0; kind < 2; ++kind) {
+            ggml_tensor * t     = kind == 0 ? l.k : l.v;
+            const int     hd    = kind == 0 ? l.hd_k : l.hd_v;
+            const bool    trans = kind == 1 && v_trans;
+            const bool    f16   = t->type == GGML_TYPE_F16;
+            const size_t  elt   = ggml_type_size(t->type);
+            const auto &  lists = kind == 0 ? list_k : list_v;
+            double n_all = 0, nnz_all = 0;
+            for (uint32_t strm = 0; strm < n_stream; ++strm) {
+                const auto & list = lists[strm];
+                if (list.empty()) {
+                    continue;
+                }
+                uint8_t * base;
+                const bool host = ggml_backend_buffer_is_host(t->buffer);
+                if (host) {
+                    base = (uint8_t *) t->data + strm*t->nb[2];
+                } else {
+                    slab.resize(t->nb[2]);
+                    ggml_backend_tensor_get(t, slab.data(), strm*t->nb[2], t->nb[2]);
+                    base = slab.data();
+                }
+                // element j of head h of cell c
+                auto at = [&](int64_t c, int h, int j) -> uint8_t * {
+                    const int64_t e = (int64_t) h*hd + j;
+                    return trans ? base + (e*kv_size + c)*elt : base + c*t->nb[1] + e*elt;
+                };
+                row.resize(hd);
+                for (size_t e = 0; e + 1 < list.size(); e += 2) {
+                    const int64_t   c    = list[e];
+                    const bool      proc = list[e + 1] & GGML_KV_SPARSIFY_PROCESS;
+                    const llama_pos pos  = cells_of(strm).pos_get((uint32_t) c);
+                    for (int h = 0; h < l.n_head; ++h) {
+                        for (int j = 0; j < hd; ++j) {
+                            const uint8_t * q = at(c, h, j);
+                            row[j] = f16 ? ggml_fp16_to_fp32(*(const ggml_fp16_t *) q) : *(const float *) q;
+                        }
+                        if (proc) {
+                            if (cfg.policy == LLAMA_ELASTICKV_POLICY_RANDOM_ENTRIES) {
+                                llama_elastickv_random_entries(cfg.budget, (int32_t) li, kind, h, pos, row.data(), hd);
+                            } else {
+                                llama_elastickv_topk_entries(cfg.budget, row.data(), hd);
+                            }
+                            for (int j = 0; j < hd; ++j) {
+                                uint8_t * q = at(c, h, j);
+                                if (f16) {
+                                    *(ggml_fp16_t *) q = ggml_fp32_to_fp16(row[j]);
+                                } else {
+                                    *(float *) q = row[j];
+                                }
+                            }
+                        }
+                        if (pos >= cfg.sink) {
+                            for (int j = 0; j < hd; ++j) {
+                                nnz_all += row[j] != 0.0f;
+                            }
+                            n_all += hd;
+                        }
+                    }
+                }
+                if (!host) {
+                    ggml_backend_tensor_set(t, slab.data(), strm*t->nb[2], t->nb[2]);
+                }
+            }
+            if (stats && n_all > 0) {
+                fprintf(stats, "{\"record\": \"entries\", \"ctx\": %d, \"pass\": %" PRId64 ", \"layer\": %d, \"kv\": \"%s\", "
+                    "\"n_obs\": %.0f, \"nnz_obs\": %.0f}\n", ctx_id, n_pass, l.il, kind == 0 ? "k" : "v", n_all, nnz_all);
+            }
+        }
+    }
+    if (stats) {
+        fflush(stats);
+    }
+    if (cfg.verbose >= 1) {
+        for (llama_seq_id s : seqs_pass) {
+            LLAMA_LOG_WARN("elastickv: pass %" PRId64 " seq %d pos_max %d (%s): entries of the new cells outside the sinks zeroed\n",
+                n_pass, s, kv->seq_pos_max(s), desc->name);
+        }
+    }
+}
+
 void llama_elastickv::impl::run_pass(const std::vector<llama_seq_id> & seqs_pass) {
     const int64_t t0 = ggml_time_us();
 
@@ -903,8 +1174,12 @@ void llama_elastickv::impl::run_pass(const std::vector<llama_seq_id> & seqs_pass
     if (!cfg.dump_dir.empty()) {
         dump("before");
     }
-    upload(seqs_pass);
-    compute();
+    if (desc) {
+        entries_apply(seqs_pass);
+    } else {
+        upload(seqs_pass);
+        compute();
+    }
 
     // bookkeeping: the pass is enqueued; its cells count as thresholded from now on
     for (uint32_t strm = 0; strm < n_stream; ++strm) {
@@ -920,9 +1195,11 @@ void llama_elastickv::impl::run_pass(const std::vector<llama_seq_id> & seqs_pass
     }
 
     if (collect) {
-        std::vector<std::vector<double>> host;
-        read_state(host);
-        report(seqs_pass, host, (ggml_time_us() - t0)/1000.0);
+        if (!desc) {
+            std::vector<std::vector<double>> host;
+            read_state(host);
+            report(seqs_pass, host, (ggml_time_us() - t0)/1000.0);
+        }
         if (!cfg.dump_dir.empty()) {
             dump("after");
             char name[64];
@@ -930,7 +1207,8 @@ void llama_elastickv::impl::run_pass(const std::vector<llama_seq_id> & seqs_pass
             const std::string path = cfg.dump_dir + "/" + name;
             FILE * f = fopen(path.c_str(), "w");
             if (f) {
-                fprintf(f, "{\"ctx\": %d, \"pass\": %" PRId64 ", \"mode\": \"%s\", \"scale_k\": %.6g, \"scale_v\": %.6g, \"sink\": %d, "
+                fprintf(f, "{\"policy\": \"%s\", \"fraction\": %.17g, \"seed\": %" PRIu64 ", ", ekv_policy_name_of(cfg.policy), cfg.budget.fraction, cfg.budget.seed);
+                fprintf(f, "\"ctx\": %d, \"pass\": %" PRId64 ", \"mode\": \"%s\", \"scale_k\": %.6g, \"scale_v\": %.6g, \"sink\": %d, "
                     "\"type_k\": \"%s\", \"type_v\": \"%s\", \"v_trans\": %s, \"unified\": %s, \"seqs\": [",
                     ctx_id, n_pass, ekv_mode_name(cfg.mode), cfg.scale_k, cfg.scale_v, cfg.sink,
                     ggml_type_name(kv->type_k()), ggml_type_name(kv->type_v()), v_trans ? "true" : "false", unified ? "true" : "false");
@@ -971,7 +1249,10 @@ llama_elastickv::llama_elastickv(
     pimpl->echo(model);
     if (pimpl->stats) {
         const auto & c = pimpl->cfg;
-        fprintf(pimpl->stats, "{\"record\": \"config\", \"ctx\": %d, \"mode\": \"%s\", \"preset\": \"%s\", \"scale_k\": %.6g, "
+        fprintf(pimpl->stats, "{\"record\": \"config\", \"policy\": \"%s\", \"fraction\": %.17g, \"cells\": %" PRId64 ", "
+            "\"recent\": %d, \"heavy_ratio\": %.17g, \"seed\": %" PRIu64 ", \"pyramid_beta\": %.17g, ",
+            ekv_policy_name_of(c.policy), c.budget.fraction, c.budget.cells, c.budget.recent, c.budget.heavy_ratio, c.budget.seed, c.budget.beta);
+        fprintf(pimpl->stats, "\"ctx\": %d, \"mode\": \"%s\", \"preset\": \"%s\", \"scale_k\": %.6g, "
             "\"scale_v\": %.6g, \"sink\": %d, \"evict_every\": %d, \"warm\": %d, \"type_k\": \"%s\", \"type_v\": \"%s\", "
             "\"v_trans\": %s, \"rot_k\": %s, \"rot_v\": %s, \"n_layer\": %zu, \"n_stream\": %u, \"n_group\": %u, \"stats\": \"%s\"}\n",
             pimpl->ctx_id, ekv_mode_name(c.mode), c.preset.c_str(), c.scale_k, c.scale_v, c.sink, c.evict_every, c.warm,
@@ -1048,8 +1329,37 @@ void llama_elastickv::on_ubatch(const llama_ubatch & ubatch) {
             due.push_back(s);
         }
     }
-    if (!due.empty()) {
+    if (due.empty()) {
+        return;
+    }
+    if (I.evict) {
+        I.evict->pass(due, I.ctx_id, I.n_pass, I.stats, I.cfg.dump_dir, I.cfg.verbose);
+        for (llama_seq_id s : due) {
+            I.seqs[s].last_pass_pos = I.kv->seq_pos_max(s);
+        }
+        I.n_pass++;
+    } else {
         I.run_pass(due);
+    }
+}
+
+void llama_elastickv::before_ubatch(const llama_ubatch & ubatch) {
+    if (pimpl->evict) {
+        pimpl->evict->before_ubatch(ubatch);
+    }
+}
+
+bool llama_elastickv::adds_graph_nodes() const {
+    return pimpl->evict != nullptr;
+}
+
+ggml_tensor * llama_elastickv::attn_bias(ggml_context * ctx, ggml_tensor * kq, const ggml_tensor * k, int il) const {
+    return pimpl->evict ? pimpl->evict->attn_bias(ctx, kq, k, il) : kq;
+}
+
+void llama_elastickv::attn_observe(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * kq_soft, const ggml_tensor * k, int il) const {
+    if (pimpl->evict) {
+        pimpl->evict->attn_observe(ctx, gf, kq_soft, k, il);
     }
 }
 

@@ -9,6 +9,7 @@
 #pragma once
 
 #include "llama.h"
+#include "llama-elastickv-policy.h"
 #include "ggml.h"
 #include "ggml-backend.h"
 
@@ -55,6 +56,8 @@ struct llama_elastickv_config {
     llama_elastickv_mode mode = LLAMA_ELASTICKV_MODE_FULL;
     std::string stats_path;           // empty: no JSONL stats
     std::string dump_dir;             // empty: no .npy dumps
+    llama_elastickv_policy policy = LLAMA_ELASTICKV_POLICY_ELASTICKV;
+    llama_elastickv_budget budget;    // the baselines' budget (policy != elastickv)
 };
 
 // Reads and validates every ELASTICKV_* variable. Throws std::runtime_error naming the variable and
@@ -77,6 +80,18 @@ struct llama_elastickv {
 
     // Called at the end of each ubatch of llama_context::decode, after its K/V were enqueued.
     void on_ubatch(const llama_ubatch & ubatch);
+
+    // Called after the memory placed the ubatch and before its graph runs (token-eviction baselines).
+    void before_ubatch(const llama_ubatch & ubatch);
+
+    // True when the hook adds nodes to the attention graph (the context then re-reserves its graphs).
+    bool adds_graph_nodes() const;
+
+    // Graph hooks of the non-flash attention path (llm_graph_context::build_attn_mha): the token-eviction
+    // bias added to KQ before the softmax, and the score accumulation after it. k is the K view read by
+    // the attention and il the model layer; attention that does not read this hook's cache is untouched.
+    ggml_tensor * attn_bias   (ggml_context * ctx, ggml_tensor * kq, const ggml_tensor * k, int il) const;
+    void          attn_observe(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * kq_soft, const ggml_tensor * k, int il) const;
 
     struct impl;
 

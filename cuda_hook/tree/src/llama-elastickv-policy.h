@@ -1,0 +1,107 @@
+// SPDX-License-Identifier: MIT
+// ElasticKV baselines: the policies selectable by ELASTICKV_POLICY besides ElasticKV itself.
+//
+// Token policies (streaming, h2o, scissorhands, pyramidkv, random_tokens) evict whole cells per layer and
+// KV head: an evicted cell gets -inf in a per-layer, per-KV-head attention bias added to KQ before the
+// softmax (llama-elastickv-evict.cpp), so it receives exactly zero attention weight. Every token policy is
+// the same selection with its own priority and per-layer budget:
+//
+//   n      cells of the sequence at the pass, B the budget (ELASTICKV_BUDGET: ceil(f*n) for a fraction f,
+//          min(count, n) for a count), B_l the layer's budget (= B except pyramidkv)
+//   sinks  cells with pos < ELASTICKV_SINK, always kept
+//   avail  max(B_l - n_sinks, 0)
+//   R      recent window: ELASTICKV_RECENT if set (capped at avail), else floor((1 - HEAVY_RATIO)*avail + 0.5);
+//          cells with pos > pos_max - R are always kept
+//   heavy  avail - R: among the other cells not yet evicted, the `heavy` ones of highest priority are kept
+//          (ties: higher pos first), the rest are evicted. Evicted cells stay evicted.
+//
+// Element policies (random_entries, topk_entries) zero single K/V entries of cells outside the sinks, once
+// per cell, like ElasticKV (llama-elastickv-entries-*.cpp).
+//
+// The numpy definitions are in scripts/elastickv/policies/; tests/test_policies.py checks the hook against
+// them on dumps of real runs.
+#pragma once
+
+#include "llama.h"
+
+#include <cstdint>
+#include <initializer_list>
+#include <vector>
+
+enum llama_elastickv_policy {
+    LLAMA_ELASTICKV_POLICY_ELASTICKV,
+    LLAMA_ELASTICKV_POLICY_STREAMING,
+    LLAMA_ELASTICKV_POLICY_H2O,
+    LLAMA_ELASTICKV_POLICY_SCISSORHANDS,
+    LLAMA_ELASTICKV_POLICY_PYRAMIDKV,
+    LLAMA_ELASTICKV_POLICY_RANDOM_TOKENS,
+    LLAMA_ELASTICKV_POLICY_RANDOM_ENTRIES,
+    LLAMA_ELASTICKV_POLICY_TOPK_ENTRIES,
+};
+
+// What the graph accumulates per cell and KV head, summed over the query heads of the group and over the
+// queries of each ubatch.
+enum llama_elastickv_score {
+    LLAMA_ELASTICKV_SCORE_NONE,  // no score (position or seeded priority)
+    LLAMA_ELASTICKV_SCORE_ATTN,  // attention probability p
+    LLAMA_ELASTICKV_SCORE_COUNT, // 1[p > 1/n_kv]: the query found the cell more important than uniform
+};
+
+// The resolved budget settings shared by every baseline.
+struct llama_elastickv_budget {
+    double   fraction    = 0.0;  // > 0: fraction of cells (token policies) or entries (element policies) kept
+    int64_t  cells       = 0;    // > 0: cells kept per sequence (token policies only)
+    int32_t  recent      = -1;   // -1: auto
+    double   heavy_ratio = 0.8;
+    uint64_t seed        = 42;
+    double   beta        = 20.0; // pyramidkv
+};
+
+// One selectable policy. Token policies fill `priority` and `layer_budget`.
+struct llama_elastickv_policy_desc {
+    llama_elastickv_policy policy;
+    const char *           name;
+    bool                   token;        // true: cell eviction by attention bias; false: element zeroing
+    llama_elastickv_score  score;
+    bool                   reset_score;  // scores cover the queries since the last pass only
+    // priority of a cell (higher is kept first); score is the accumulated score of this KV head
+    double  (*priority)(const llama_elastickv_budget & b, llama_pos pos, float score);
+    // cells kept in layer l of n_layer when the per-layer average budget is B and the sequence holds n cells
+    int64_t (*layer_budget)(const llama_elastickv_budget & b, int64_t B, int64_t n, int32_t l, int32_t n_layer);
+};
+
+extern const llama_elastickv_policy_desc LLAMA_ELASTICKV_POLICY_STREAMING_DESC;
+extern const llama_elastickv_policy_desc LLAMA_ELASTICKV_POLICY_H2O_DESC;
+extern const llama_elastickv_policy_desc LLAMA_ELASTICKV_POLICY_SCISSORHANDS_DESC;
+extern const llama_elastickv_policy_desc LLAMA_ELASTICKV_POLICY_PYRAMIDKV_DESC;
+extern const llama_elastickv_policy_desc LLAMA_ELASTICKV_POLICY_RANDOM_TOKENS_DESC;
+extern const llama_elastickv_policy_desc LLAMA_ELASTICKV_POLICY_RANDOM_ENTRIES_DESC;
+extern const llama_elastickv_policy_desc LLAMA_ELASTICKV_POLICY_TOPK_ENTRIES_DESC;
+
+// nullptr for LLAMA_ELASTICKV_POLICY_ELASTICKV
+const llama_elastickv_policy_desc * llama_elastickv_policy_get(llama_elastickv_policy p);
+
+// B for a sequence of n cells: ceil(fraction*n), or min(cells, n)
+int64_t llama_elastickv_budget_cells(const llama_elastickv_budget & b, int64_t n);
+
+// the shared budget rule for every layer (all token policies but pyramidkv)
+int64_t llama_elastickv_uniform_budget(const llama_elastickv_budget & b, int64_t B, int64_t n, int32_t l, int32_t n_layer);
+
+// Seeded 64-bit hash of a tuple: h = mix(seed); h = mix(h ^ a_i) for each a_i (mix: splitmix64's finaliser).
+uint64_t llama_elastickv_hash(uint64_t seed, std::initializer_list<uint64_t> a);
+
+// One (sequence, layer, KV head) at a pass: cells in ascending position, their accumulated scores, and
+// the evicted flags (in: before the pass, out: after). Implements the selection described above.
+void llama_elastickv_select(
+        const llama_elastickv_policy_desc & desc,
+        const llama_elastickv_budget      & b,
+        int32_t                              sink,
+        int64_t                              B_layer,
+        const std::vector<llama_pos>       & pos,
+        const float                        * score,
+        std::vector<uint8_t>               & evicted);
+
+// Element policies: zero entries of one cell's K (kind 0) or V (kind 1) row of one KV head, in place.
+// `layer` is the index among the cache's layers; x holds head_dim floats.
+void llama_elastickv_random_entries(const llama_elastickv_budget & b, int32_t layer, int32_t kind, int32_t head, llama_pos pos, float * x, int32_t head_dim);
+void llama_elastickv_topk_entries  (const llama_elastickv_budget & b, float * x, int32_t head_dim);

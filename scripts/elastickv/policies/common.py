@@ -1,0 +1,115 @@
+# SPDX-License-Identifier: Apache-2.0
+"""What every token policy shares: the budget, the sinks, the recent window and the selection.
+
+At a pass, for one sequence, layer and KV head (cells in ascending position, ``evicted`` before the pass):
+
+  n      cells of the sequence; B = ceil(fraction * n) or min(cells, n) (ELASTICKV_BUDGET); B_l = the
+         policy's layer budget (B for every policy but pyramidkv)
+  sinks  pos < sink, always kept;             avail = max(B_l - n_sinks, 0)
+  R      recent window: min(recent, avail) if ELASTICKV_RECENT is set, else floor((1 - heavy_ratio)*avail + 0.5);
+         cells with pos > pos_max - R are always kept
+  heavy  avail - R cells are kept among the other cells not yet evicted: highest priority first, ties to the
+         higher position; the remaining candidates are evicted. Evicted cells stay evicted.
+
+The hash is splitmix64's finaliser chained over a tuple: h = mix(seed), then h = mix(h ^ a) for each a.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+
+MASK = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class Budget:
+    fraction: float = 0.0  # > 0: fraction kept
+    cells: int = 0  # > 0: cells kept (token policies)
+    recent: int = -1  # -1: auto
+    heavy_ratio: float = 0.8
+    seed: int = 42
+    beta: float = 20.0
+
+
+@dataclass(frozen=True)
+class Policy:
+    name: str
+    token: bool
+    score: str  # "none", "attn" (accumulated probability) or "count" (1[p > 1/n_kv])
+    reset_score: bool  # scores cover the queries since the last pass only
+    priority: Callable[[Budget, np.ndarray, np.ndarray], np.ndarray] | None = None  # (budget, pos, score) -> float64
+    layer_budget: Callable[[Budget, int, int, int, int], int] | None = None  # (budget, B, n, layer, n_layer)
+
+
+def uniform_budget(b: Budget, B: int, n: int, layer: int, n_layer: int) -> int:
+    return B
+
+
+def parse_budget(text: str) -> Budget:
+    """ELASTICKV_BUDGET as the hook reads it: "0.5" or "50%" (fraction), "2048" (cells)."""
+    s = str(text)
+    if s.endswith("%"):
+        v = float(s[:-1])
+        if not 0 < v <= 100:
+            raise ValueError(f"ELASTICKV_BUDGET={s!r} is not a percentage in (0%, 100%]")
+        return Budget(fraction=v / 100.0)
+    if any(c in s for c in ".eE"):
+        v = float(s)
+        if not 0 < v <= 1:
+            raise ValueError(f"ELASTICKV_BUDGET={s!r} is not a fraction in (0, 1]")
+        return Budget(fraction=v)
+    v = int(s, 10)
+    if v < 1:
+        raise ValueError(f"ELASTICKV_BUDGET={s!r} is out of range")
+    return Budget(cells=v)
+
+
+def budget_cells(b: Budget, n: int) -> int:
+    if b.fraction > 0:
+        return min(n, math.ceil(b.fraction * n))
+    return min(n, b.cells)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    x = (x + np.uint64(0x9E3779B97F4A7C15)).astype(np.uint64)
+    x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+    x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+    return x ^ (x >> np.uint64(31))
+
+
+def hash64(seed: int, *parts) -> np.ndarray:
+    """hash(seed, a_1, ..., a_k), broadcast over array parts; uint64 with wrap-around as in C++."""
+    with np.errstate(over="ignore"):
+        h = _mix(np.asarray(seed & MASK, dtype=np.uint64))
+        for a in parts:
+            h = _mix(h ^ np.asarray(a, dtype=np.int64).astype(np.uint64))
+    return h
+
+
+def select(policy: Policy, b: Budget, sink: int, B_layer: int, pos: np.ndarray, score: np.ndarray | None,
+           evicted: np.ndarray) -> np.ndarray:
+    """The evicted flags after the pass (a new array) for one sequence, layer and KV head."""
+    pos = np.asarray(pos, dtype=np.int64)
+    out = np.asarray(evicted, dtype=bool).copy()
+    n = len(pos)
+    if n == 0:
+        return out
+    pos_max = int(pos[-1])
+    n_sink = int(np.count_nonzero(pos < sink))
+    avail = max(B_layer - n_sink, 0)
+    R = min(b.recent, avail) if b.recent >= 0 else int(math.floor((1.0 - b.heavy_ratio) * avail + 0.5))
+    R = min(R, avail)
+    heavy = avail - R
+    cand = np.flatnonzero((pos >= sink) & (pos <= pos_max - R) & ~out)
+    if len(cand) <= heavy:
+        return out
+    sc = np.zeros(n, dtype=np.float32) if score is None else np.asarray(score, dtype=np.float32)
+    prio = policy.priority(b, pos[cand], sc[cand].astype(np.float64))
+    # highest priority first, ties: higher position first
+    order = np.lexsort((-pos[cand], -prio))
+    out[cand[order[heavy:]]] = True
+    return out
