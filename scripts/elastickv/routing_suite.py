@@ -1,8 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-"""A seeded synthetic routing suite with exact answers (four task families), for GER-style analyses.
+"""A seeded synthetic routing suite with exact answers (five task families), for GER-style analyses.
 
 Task families (TASKS); "answer span" = a fact sentence the answer depends on, the rest are distractors:
 
+* ``needle``: one "The special magic number for <city> is <7 digits>." in the filler (the needle task of
+  Table 3 in small); "What is the special magic number for <city> mentioned in the provided text?".
+  Answer span: the needle.
 * ``entity_tracking``: 2-3 people each put an object somewhere, then move it 1-3 times (distinct places per
   object); "Where is the <object> now?" -> its last place, named by no other fact. Answer span: that move.
 * ``disambiguation``: two people with confusable names (same first name, or same surname) each have a locker
@@ -46,7 +49,7 @@ import tempfile
 import unicodedata
 from pathlib import Path
 
-TASKS = ("entity_tracking", "disambiguation", "coreference", "multi_hop")
+TASKS = ("needle", "entity_tracking", "disambiguation", "coreference", "multi_hop")
 INSTRUCTION = "Read the text and answer the question with a single word or number."
 
 FEMALE = ("Alice", "Maria", "Sofia", "Clara", "Emma", "Nora", "Julia", "Laura", "Anna", "Rosa")
@@ -54,6 +57,7 @@ MALE = ("Peter", "David", "Marco", "Tom", "Oscar", "Felix", "Hugo", "Leo", "Paul
 SURNAMES = ("Berg", "Costa", "Novak", "Ferris", "Lindqvist", "Okafor", "Moreau", "Tanaka", "Weber", "Quinn")
 PLACES = ("kitchen", "garden", "attic", "cellar", "garage", "library", "balcony", "hallway", "office", "bathroom")
 OBJECTS = ("key", "wallet", "umbrella", "notebook", "lamp", "guitar", "basket", "hammer")
+CITIES = ("Lisbon", "Nairobi", "Montreal", "Osaka", "Tbilisi", "Reykjavik", "Hanoi", "Krakow", "Adelaide", "Bergen")
 COLORS = ("red", "blue", "green", "yellow", "purple", "orange", "white", "black", "grey", "brown")
 LOCKED = ("cabinet", "drawer", "chest", "door", "gate", "suitcase")
 FILLER = (
@@ -82,6 +86,13 @@ def _merge(rng: random.Random, streams: list[list]) -> list:
         out.append(s.pop(0))
         streams = [s for s in streams if s]
     return out
+
+
+def _needle(rng: random.Random):
+    city = rng.choice(CITIES)
+    number = str(rng.randrange(1_000_000, 10_000_000))
+    return ([(f"The special magic number for {city} is {number}.", "answer")],
+            f"What is the special magic number for {city} mentioned in the provided text?", number)
 
 
 def _entity_tracking(rng: random.Random):
@@ -153,7 +164,7 @@ def _multi_hop(rng: random.Random):
     return facts, f"Which number is in {names[0]}'s box?", numbers[0]
 
 
-BUILDERS = {"entity_tracking": _entity_tracking, "disambiguation": _disambiguation,
+BUILDERS = {"needle": _needle, "entity_tracking": _entity_tracking, "disambiguation": _disambiguation,
             "coreference": _coreference, "multi_hop": _multi_hop}
 
 

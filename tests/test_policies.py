@@ -1,0 +1,274 @@
+# SPDX-License-Identifier: Apache-2.0
+"""The baselines of ELASTICKV_POLICY inside real llama.cpp runs equal their numpy definitions
+(scripts/elastickv/policies), evict exactly, and vanish at a budget of 100 %.
+
+* Token policies (streaming, h2o, scissorhands, pyramidkv, random_tokens): for every pass, layer and KV head
+  of one chunk of WikiText-2 (-c 512, -b = -ub = 64, -fa off), the reference selection applied to the
+  dumped scores and evicted flags before the pass gives exactly the flags after it; the flags carry over
+  from pass to pass; sinks and the recent window are never evicted; each head keeps exactly its budget.
+* Exact eviction: an evicted cell receives no attention afterwards (its accumulated H2O score is frozen
+  bit for bit), and every query distributes exactly one unit of attention per query head (the H2O scores
+  of a head sum to G x the queries so far, G query heads per KV head).
+* Element policies (random_entries, topk_entries): the dumped K/V rows after each pass equal the reference
+  applied to the rows before it; cells in the sinks are untouched.
+* Budget 100 %: the logits (--kl-divergence-base) are byte-identical to the hook off, for every policy.
+* Flash attention on, or a budget missing or meaningless for the policy, is a clear error.
+To add a case, add a row to TOKEN_CASES.
+"""
+
+from __future__ import annotations
+
+import filecmp
+import math
+import re
+
+import numpy as np
+import pytest
+
+from elastickv import dump, policies
+from elastickv.policies import common
+
+SINK = 4
+# policy, extra hook variables
+TOKEN_CASES = [
+    ("streaming", {"ELASTICKV_BUDGET": "0.4"}),
+    ("h2o", {"ELASTICKV_BUDGET": "0.4"}),
+    ("h2o", {"ELASTICKV_BUDGET": "150", "ELASTICKV_RECENT": "16"}),
+    ("scissorhands", {"ELASTICKV_BUDGET": "40%"}),
+    ("pyramidkv", {"ELASTICKV_BUDGET": "0.4", "ELASTICKV_PYRAMID_BETA": "4"}),
+    ("random_tokens", {"ELASTICKV_BUDGET": "0.3", "ELASTICKV_SEED": "7"}),
+]
+
+
+def budget_of(m: dict) -> common.Budget:
+    return common.Budget(fraction=m["fraction"], cells=m["cells"], recent=m["recent"], heavy_ratio=m["heavy_ratio"],
+                         seed=m["seed"], beta=m["beta"])
+
+
+def run_dumped(llama, tmp_path, policy, extra, chunks=1):
+    folder = tmp_path / "dump"
+    env = {"ELASTICKV": "1", "ELASTICKV_POLICY": policy, "ELASTICKV_SINK": str(SINK),
+           "ELASTICKV_DUMP": str(folder)} | extra
+    r = llama.perplexity(["-fa", "off"], env=env, chunks=chunks)
+    assert r.rc == 0, r.log[-3000:]
+    return r, folder
+
+
+@pytest.mark.parametrize("policy, extra", TOKEN_CASES, ids=[f"{p}-{e['ELASTICKV_BUDGET']}" for p, e in TOKEN_CASES])
+def test_token_policy_kept_set_equals_reference(llama, tmp_path, policy, extra):
+    r, folder = run_dumped(llama, tmp_path, policy, extra)
+    P = policies.policy(policy)
+    found = dump.token_passes(folder)
+    assert len(found) == 7  # passes at pos_max 127, 191, ..., 511 (WARM 128, EVICT_EVERY 64)
+    prev = None
+    for ctx, pass_id, seq in found:
+        t = dump.load_token(folder, ctx, pass_id, seq)
+        m = t.manifest
+        assert m["policy"] == policy
+        b = budget_of(m)
+        n = len(t.pos)
+        assert np.array_equal(t.pos, np.arange(n)), "one sequence, positions 0..n-1 in order"
+        B = common.budget_cells(b, n)
+        assert B == m["budget"]
+        L, H, _ = t.after.shape
+        if prev is not None:  # the flags carry over: what was evicted stays evicted
+            assert np.array_equal(t.before[:, :, :prev.after.shape[2]], prev.after)
+            assert not t.before[:, :, prev.after.shape[2]:].any()
+        for layer in range(L):
+            Bl = P.layer_budget(b, B, n, layer, L)
+            for h in range(H):
+                ref = common.select(P, b, SINK, Bl, t.pos, t.score[layer, h] if P.score != "none" else None,
+                                    t.before[layer, h])
+                assert np.array_equal(ref, t.after[layer, h]), (pass_id, layer, h)
+                kept = ~t.after[layer, h]
+                assert kept[:SINK].all(), "a sink was evicted"
+                assert kept[-1], "the newest cell was evicted"
+                assert kept.sum() == Bl, (pass_id, layer, h, kept.sum(), Bl)
+        if P.score == "none":
+            assert not t.score.any()
+        prev = t
+    # something was evicted, and the run's kept fraction is the budget
+    assert prev.after.any()
+    if policy != "pyramidkv":
+        assert (~prev.after).sum(axis=2).min() == (~prev.after).sum(axis=2).max()
+
+
+def n_query_heads_per_kv_head(log: str) -> int:
+    n_head = int(re.search(r"n_head\s*=\s*(\d+)", log).group(1))
+    n_head_kv = int(re.search(r"n_head_kv\s*=\s*(\d+)", log).group(1))
+    return n_head // n_head_kv
+
+
+def test_h2o_eviction_is_exact_and_scores_are_attention(llama, tmp_path):
+    r, folder = run_dumped(llama, tmp_path, "h2o", {"ELASTICKV_BUDGET": "0.3"})
+    G = n_query_heads_per_kv_head(r.log)
+    assert G > 1  # SmolLM2-135M: 9 query heads over 3 KV heads, so the grouping matters
+    prev = None
+    for key in dump.token_passes(folder):
+        t = dump.load_token(folder, *key)
+        n = len(t.pos)
+        # every query (positions 0..pos_max, each once) gives one unit of attention per query head
+        totals = t.score.astype(np.float64).sum(axis=2)
+        np.testing.assert_allclose(totals, G * n, rtol=2e-4)
+        if prev is not None:
+            m = prev.score.shape[2]
+            gone = prev.after  # evicted at the previous pass: no attention since
+            assert np.array_equal(t.score[:, :, :m][gone], prev.score[gone])
+            kept = ~gone
+            assert (t.score[:, :, :m][kept] > prev.score[kept]).mean() > 0.9  # live cells keep receiving
+        prev = t
+
+
+def test_scissorhands_scores_are_counts_over_the_window(llama, tmp_path):
+    r, folder = run_dumped(llama, tmp_path, "scissorhands", {"ELASTICKV_BUDGET": "0.5"})
+    G = n_query_heads_per_kv_head(r.log)
+    for key in dump.token_passes(folder)[1:]:  # the first pass sums the warm-up (128 queries)
+        t = dump.load_token(folder, *key)
+        assert np.array_equal(t.score, np.round(t.score)), "counts are whole numbers"
+        # reset after every pass: at most G x 64 queries of the window counted a cell
+        assert 0 < t.score.max() <= G * 64
+        assert t.score[t.before].max() == 0, "evicted cells are never above uniform"
+
+
+@pytest.mark.parametrize("policy, budget", [("random_entries", "0.6"), ("topk_entries", "0.5")])
+def test_element_policy_equals_reference(llama, tmp_path, policy, budget):
+    r, folder = run_dumped(llama, tmp_path, policy, {"ELASTICKV_BUDGET": budget})
+    b = common.parse_budget(budget)
+    b = common.Budget(fraction=b.fraction, seed=42)
+    found = dump.passes(folder)
+    assert len(found) == 7
+    zeroed = 0
+    for ctx, pass_id in found:
+        p = dump.load(folder, ctx, pass_id)
+        assert p.manifest["policy"] == policy
+        for kind_i, kind in enumerate(("k", "v")):
+            cells = p.cells[kind]
+            proc = (cells[:, 3] & (1 << 16)) != 0  # GGML_KV_SPARSIFY_PROCESS: new cells outside the sinks
+            assert not proc[cells[:, 2] < SINK].any()
+            for li, layer in enumerate(p.layers):
+                before = p.values(layer, kind, "before")
+                after = p.values(layer, kind, "after")
+                want = before.copy()
+                if proc.any():
+                    if policy == "random_entries":
+                        want[proc] = policies.random_entries.apply(b, before[proc], cells[proc, 2], li, kind_i)
+                    else:
+                        want[proc] = policies.topk_entries.apply(b, before[proc])
+                np.testing.assert_array_equal(after, want, err_msg=f"pass {pass_id} layer {layer} {kind}")
+                zeroed += int((after == 0).sum() - (before == 0).sum())
+    assert zeroed > 0
+
+
+ALL = list(policies.TOKEN_POLICIES + policies.ELEMENT_POLICIES)
+
+
+def test_budget_100_is_bit_identical_to_hook_off(llama, tmp_path):
+    def logits(name, env):
+        path = tmp_path / f"{name}.kld"
+        r = llama.perplexity(["-fa", "off", "--kl-divergence-base", str(path)], env=env)
+        assert r.rc == 0, r.log[-3000:]
+        return path, r
+
+    off, _ = logits("off", {"ELASTICKV": "0"})
+    for policy in ALL:
+        path, r = logits(policy, {"ELASTICKV": "1", "ELASTICKV_POLICY": policy, "ELASTICKV_BUDGET": "1.0",
+                                   "ELASTICKV_VERBOSE": "1"})
+        assert f"({policy})" in r.log  # the hook ran passes with this policy
+        assert filecmp.cmp(off, path, shallow=False), f"{policy} at 100 % changed the logits"
+
+
+def test_a_small_budget_changes_the_logits(llama, tmp_path):
+    base = tmp_path / "base.kld"
+    assert llama.perplexity(["-fa", "off", "--kl-divergence-base", str(base)]).rc == 0
+    r = llama.perplexity(["-fa", "off", "--kl-divergence-base", str(base), "--kl-divergence"],
+                         env={"ELASTICKV": "1", "ELASTICKV_POLICY": "streaming", "ELASTICKV_BUDGET": "0.25"})
+    assert r.rc == 0, r.log[-2000:]
+    assert "KL divergence" in r.log or "KLD" in r.log
+    from elastickv import logparse
+    assert logparse.kld_stats(r.log).kld[0] > 0.01
+
+
+@pytest.mark.parametrize("policy", policies.TOKEN_POLICIES)
+def test_token_policies_refuse_flash_attention(llama, policy):
+    r = llama.perplexity(["-fa", "on"], env={"ELASTICKV": "1", "ELASTICKV_POLICY": policy, "ELASTICKV_BUDGET": "0.5"},
+                         chunks=1)
+    assert r.rc != 0
+    assert f"ELASTICKV_POLICY={policy} evicts cells with an attention bias" in r.log and "run with -fa off" in r.log
+
+
+# --------------------------------------------------------------------------------- numpy definitions
+
+def test_parse_budget():
+    assert common.parse_budget("0.5") == common.Budget(fraction=0.5)
+    assert common.parse_budget("25%") == common.Budget(fraction=0.25)
+    assert common.parse_budget("1.0").fraction == 1.0
+    assert common.parse_budget("2048") == common.Budget(cells=2048)
+    for bad in ("0", "1.5", "0%", "150%", "-3", "abc"):
+        with pytest.raises(ValueError):
+            common.parse_budget(bad)
+
+
+def test_budget_cells():
+    assert common.budget_cells(common.Budget(fraction=0.67), 4096) == math.ceil(0.67 * 4096)
+    assert common.budget_cells(common.Budget(cells=100), 50) == 50
+    assert common.budget_cells(common.Budget(cells=100), 500) == 100
+
+
+def test_hash_is_splitmix64():
+    # splitmix64 seeded with 0 returns 0xE220A8397B1DCDAF first: mix(0) is that output
+    assert int(common.hash64(0)) == 0xE220A8397B1DCDAF
+    a = common.hash64(42, np.arange(5))
+    assert a.dtype == np.uint64 and len(set(a.tolist())) == 5
+    assert int(common.hash64(42, 3)) == int(a[3])
+
+
+def test_pyramid_budgets_decrease_and_average_to_the_budget():
+    b = common.Budget(fraction=0.25, beta=20)
+    for n, L in ((4096, 30), (1000, 24)):
+        B = common.budget_cells(b, n)
+        per = [policies.pyramidkv.layer_budget(b, B, n, layer, L) for layer in range(L)]
+        assert per == sorted(per, reverse=True) and per[0] > per[-1]
+        assert abs(np.mean(per) - B) <= 1
+        assert per[-1] == round(B / 20)
+    # a large budget: the slope flattens so that no layer exceeds the sequence, the mean stays B
+    b = common.Budget(fraction=0.9)
+    per = [policies.pyramidkv.layer_budget(b, 3687, 4096, layer, 30) for layer in range(30)]
+    assert max(per) <= 4096 and abs(np.mean(per) - 3687) <= 1
+
+
+def test_select_by_hand():
+    pos = np.arange(20)
+    score = np.zeros(20, dtype=np.float32)
+    score[[5, 9, 12]] = [3.0, 2.0, 1.0]
+    b = common.Budget(cells=10, heavy_ratio=0.8)
+    # B = 10, sinks 2 -> avail 8, recent R = floor(0.2*8 + 0.5) = 2 (pos 18, 19), heavy 6 among pos 2..17
+    out = common.select(policies.h2o.POLICY, b, 2, 10, pos, score, np.zeros(20, bool))
+    kept = set(np.flatnonzero(~out).tolist())
+    # 5, 9, 12 by score, then the zero-score ties go to the higher positions: 17, 16, 15
+    assert kept == {0, 1, 18, 19, 5, 9, 12, 17, 16, 15}
+    # evicted cells stay evicted even when their score is the highest
+    ev = np.zeros(20, bool)
+    ev[5] = True
+    out2 = common.select(policies.h2o.POLICY, b, 2, 10, pos, score, ev)
+    assert out2[5] and (~out2).sum() == 10
+    # streaming keeps the most recent whatever the scores
+    out3 = common.select(policies.streaming.POLICY, b, 2, 10, pos, score, np.zeros(20, bool))
+    assert set(np.flatnonzero(~out3).tolist()) == {0, 1, *range(12, 20)}
+
+
+def test_topk_entries_reference():
+    x = np.array([[[0.1, -3.0, 2.0, 0.5, -2.0, 0.0]]], dtype=np.float32)
+    out = policies.topk_entries.apply(common.Budget(fraction=0.5), x)
+    assert out.tolist() == [[[0.0, -3.0, 2.0, 0.0, -2.0, 0.0]]]
+    # ties: the lower index is kept first
+    y = np.array([[[1.0, -1.0, 1.0, 0.5]]], dtype=np.float32)
+    assert policies.topk_entries.apply(common.Budget(fraction=0.5), y).tolist() == [[[1.0, -1.0, 0.0, 0.0]]]
+
+
+def test_random_entries_reference_hits_the_target_fraction():
+    rows = np.ones((400, 3, 64), dtype=np.float32)
+    out = policies.random_entries.apply(common.Budget(fraction=0.3, seed=1), rows, np.arange(400), 0, 0)
+    assert abs((out != 0).mean() - 0.3) < 0.01
+    again = policies.random_entries.apply(common.Budget(fraction=0.3, seed=1), rows, np.arange(400), 0, 0)
+    other = policies.random_entries.apply(common.Budget(fraction=0.3, seed=2), rows, np.arange(400), 0, 0)
+    assert np.array_equal(out, again) and not np.array_equal(out, other)
