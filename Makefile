@@ -116,6 +116,8 @@ experiments: $(VENV)/.stamp
 	$(PY) scripts/analysis/f1_deep_analysis.py
 	$(PY) scripts/analysis/f1_ppl_analysis.py
 	$(PY) scripts/analysis/f7_compression_proof.py
+	$(PY) scripts/eval/head_to_head.py
+	$(PY) scripts/eval/routing_sweep.py
 
 clean:
 	rm -rf build/run build/cache build/cuda-check reports paper/build paper/generated

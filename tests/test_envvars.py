@@ -28,7 +28,7 @@ def cpp_presets() -> dict[str, tuple[float, float]]:
 
 def test_mirror_equals_cpp_table():
     table = cpp_table()
-    assert len(table) == 12
+    assert len(table) == 18
     assert [tuple(vars(v).values()) for v in envvars.VARS] == table
 
 
@@ -39,7 +39,8 @@ def test_presets_equal_cpp():
 def test_spec_variables_all_declared():
     spec = {"ELASTICKV", "ELASTICKV_SCALE_K", "ELASTICKV_SCALE_V", "ELASTICKV_SINK", "ELASTICKV_EVICT_EVERY",
             "ELASTICKV_WARM", "ELASTICKV_HEAD_DIM", "ELASTICKV_VERBOSE", "ELASTICKV_PRESET", "ELASTICKV_MODE",
-            "ELASTICKV_STATS", "ELASTICKV_DUMP"}
+            "ELASTICKV_STATS", "ELASTICKV_DUMP", "ELASTICKV_POLICY", "ELASTICKV_BUDGET", "ELASTICKV_RECENT",
+            "ELASTICKV_HEAVY_RATIO", "ELASTICKV_SEED", "ELASTICKV_PYRAMID_BETA"}
     assert set(envvars.BY_NAME) == spec
 
 
@@ -63,6 +64,15 @@ def test_resolve_defaults_preset_and_override():
     ({"ELASTICKV_MODE": "lazy"}, "ELASTICKV_MODE"),
     ({"ELASTICKV_VERBOSE": "3"}, "ELASTICKV_VERBOSE"),
     ({"ELASTICKV_SCALEK": "0.3"}, "ELASTICKV_SCALEK"),
+    ({"ELASTICKV_POLICY": "lru"}, "ELASTICKV_POLICY"),
+    ({"ELASTICKV_POLICY": "h2o"}, "ELASTICKV_BUDGET"),
+    ({"ELASTICKV_POLICY": "h2o", "ELASTICKV_BUDGET": "1.5"}, "ELASTICKV_BUDGET"),
+    ({"ELASTICKV_POLICY": "h2o", "ELASTICKV_BUDGET": "0.5", "ELASTICKV_PRESET": "sweet"}, "ELASTICKV_PRESET"),
+    ({"ELASTICKV_BUDGET": "0.5"}, "ELASTICKV_BUDGET"),
+    ({"ELASTICKV_POLICY": "topk_entries", "ELASTICKV_BUDGET": "512"}, "ELASTICKV_BUDGET"),
+    ({"ELASTICKV_POLICY": "streaming", "ELASTICKV_BUDGET": "0.5", "ELASTICKV_RECENT": "8"}, "ELASTICKV_RECENT"),
+    ({"ELASTICKV_POLICY": "h2o", "ELASTICKV_BUDGET": "0.5", "ELASTICKV_HEAVY_RATIO": "2"}, "ELASTICKV_HEAVY_RATIO"),
+    ({"ELASTICKV_POLICY": "h2o", "ELASTICKV_BUDGET": "0.5", "ELASTICKV_SEED": "1"}, "ELASTICKV_SEED"),
 ])
 def test_resolve_refuses_like_the_hook(env, var):
     with pytest.raises(envvars.EnvError, match=var):

@@ -52,7 +52,7 @@ SCRIPT = "scripts/eval/routing_sweep.py"
 DEFAULTS = {
     "artifact": "Figure 10", "model": "smollm2-135m", "seed": 1234, "n_per_task": 3, "target_words": 350,
     "kept": [], "policies": [], "elastickv_scales": {}, "sink": 4, "evict_every": 64, "flash_attn": "off",
-    "n_predict": 16, "threads": 2, "omp_wait_policy": "passive", "variant": "cpu", "element_min_zero": 0.5,
+    "n_predict": 32, "threads": 2, "omp_wait_policy": "passive", "variant": "cpu", "element_min_zero": 0.9,
     "runs_dir": "", "output": "",
 }
 CACHE = paths.CACHE / "routing"
