@@ -91,14 +91,14 @@ def hook_env(cfg: dict, policy: str | None, kept: float | None) -> dict[str, str
 def last_pass_metrics(folder: Path, policy: str, n_prompt: int, ans: list[int], cfg: dict) -> dict:
     """Routing metrics at the last pass that ran before the first answer token."""
     if policy == "elastickv":
-        found = [p for p in dump.passes(folder)]
+        # passes that ran before the first answer token (later ones, during generation, are ignored)
+        found = [p for p in dump.passes(folder)
+                 if max(q["pos_max"] for q in dump.load(folder, *p).manifest["seqs"]) < n_prompt]
         if not found:
             return {"passes_before_answer": 0}
         d = dump.load(folder, *found[-1])
         cells = d.cells["k"]
         pos = cells[:, 2]
-        if pos.max() >= n_prompt:
-            raise RoutingError("an ElasticKV pass ran on a generated token before the answer was read")
         order = np.argsort(pos)
         k_rows = np.stack([d.values(layer, "k", "after")[order] for layer in d.layers])  # [L, n, H, hd]
         idx = np.searchsorted(pos[order], [a for a in ans if a <= pos.max()])
@@ -110,12 +110,10 @@ def last_pass_metrics(folder: Path, policy: str, n_prompt: int, ans: list[int], 
                 "answer_cells_covered": int(len(idx)), "element_ger_max": summ["max"],
                 "element_ger_mean": summ["mean"], "answer_k_zero_fraction": zero,
                 "kept_entries_k": float((k_rows != 0).mean())}
-    found = dump.token_passes(folder)
+    found = [p for p in dump.token_passes(folder) if dump.load_token(folder, *p).manifest["n"] <= n_prompt]
     if not found:
         return {"passes_before_answer": 0}
     t = dump.load_token(folder, *found[-1])
-    if t.pos.max() >= n_prompt:
-        raise RoutingError("a token-eviction pass ran on a generated token before the answer was read")
     kept = ~t.after  # [L, H, n], cells in ascending position 0..n-1
     idx = np.array([a for a in ans if a < len(t.pos)], dtype=np.int64)
     out = {"passes_before_answer": len(found), "last_pass_pos": int(t.pos.max()),
