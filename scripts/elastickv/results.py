@@ -154,7 +154,8 @@ def write_aggregate(path: Path, obj: dict, force: bool = False) -> None:
     path = Path(path)
     if path.exists() and not force:
         old = json.loads(path.read_text())
-        if old.get("config") != obj["config"]:
+        # compared as JSON: a YAML number key (0.5: ...) comes back from the file as the string "0.5"
+        if old.get("config") != json.loads(json.dumps(obj["config"])):
             raise ResultExists(f"{paths.relative(path)} was made with another config; use --force to replace it")
     write_json_atomic(path, obj)
 
