@@ -295,3 +295,29 @@ def test_resume_refusal_and_force(grid):
     assert grid.record("elastickv")["settings"]["n_predict"] == 40
     agg = json.loads((paths.ROOT / grid.runs_dir / "smollm2-135m.json").read_text())
     assert agg["config"]["n_predict"] == 40
+
+
+@pytest.mark.slow
+def test_token_policy_row(tmp_path):
+    """A baseline row (h2o at 25 % of the cells, flash attention off) runs through the same grid: its passes
+    covered the haystack before the answer and kept the budget; an element baseline or -fa on is refused."""
+    g = Grid(tmp_path)
+    cfg = yaml.safe_load(g.config.read_text())
+    cfg.update(flash_attn="off", rows=[{"name": "h2o-0.25", "policy": "h2o", "budget": 0.25, "sink": 4}])
+    g.config.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    try:
+        r = g.run()
+        assert r.returncode == 0, r.stderr[-2000:]
+        rec = g.record("h2o-0.25")
+        m = rec["metrics"]
+        assert rec["elastickv"]["policy"] == "h2o" and rec["settings"]["flash_attn"] == "off"
+        assert m["haystack_covered_before_answer"] == 1.0 and m["passes_before_answer"] >= 1
+        assert m["at_answer"]["kept_cells"] == pytest.approx(0.25, abs=0.01)
+        for bad, msg in (({"flash_attn": "on"}, "need flash_attn"),
+                         ({"rows": [{"name": "topk", "policy": "topk_entries", "budget": 0.5}]}, "element baselines")):
+            cfg2 = dict(cfg) | bad
+            g.config.write_text(yaml.safe_dump(cfg2, sort_keys=False))
+            r2 = g.run("--force")
+            assert r2.returncode == 1 and msg in r2.stderr, r2.stderr[-1000:]
+    finally:
+        g.cleanup()

@@ -100,7 +100,8 @@ DEFAULTS = {
     "runs_dir": "results/niah",
 }
 
-HOOK_KEYS = ("preset", "scale_k", "scale_v", "sink", "mode", "warm")
+HOOK_KEYS = ("preset", "scale_k", "scale_v", "sink", "mode", "warm",
+             "policy", "budget", "recent", "heavy_ratio", "seed", "pyramid_beta")  # the last six: token baselines
 CACHE = paths.CACHE / "niah"
 GEN_RE = re.compile(r"^[\d.]+ I generate: n_ctx = \d+, n_batch = \d+, n_predict = -?\d+, n_keep = (\d+)\n"
                     r"[\d.]+ I \n(.*?)(?=^\d+\.\d+\.\d+\.\d+ [A-Z] |\Z)", re.MULTILINE | re.DOTALL)
@@ -379,6 +380,12 @@ def row_env(cfg: dict, row: dict) -> dict[str, str]:
         raise config.ConfigError(f"row {row.get('name')!r}: unknown keys {sorted(unknown)}; "
                                  f"known: name, {', '.join(HOOK_KEYS)}")
     opts = {k: row[k] for k in HOOK_KEYS if k in row}
+    if opts.get("policy") in ("random_entries", "topk_entries"):
+        raise config.ConfigError(f"row {row['name']!r}: the NIAH grid takes ElasticKV and the token policies "
+                                 "(element baselines report no pass positions)")
+    if opts.get("policy", "elastickv") != "elastickv" and cfg["flash_attn"] != "off":
+        raise config.ConfigError(f"row {row['name']!r}: token policies need flash_attn: \"off\" "
+                                 "(--set flash_attn=off)")
     return envvars.hook_env(evict_every=cfg["evict_every"], **opts) if opts else {}
 
 
@@ -433,6 +440,8 @@ def hook_metrics(stats_path: Path, prompt: Prompt, n_prompt: int, resolved: dict
     """Passes and sparsity from ELASTICKV_STATS: before the answer (passes at the end of prompt ubatches,
     positions < n_prompt) and at the end of the run."""
     _, heads = stats.read(stats_path)
+    if resolved["policy"] != "elastickv":
+        return policy_hook_metrics(heads, stats_path, prompt, n_prompt, resolved)
     passes = sorted({(r["pass"], r["pos_max"]) for r in heads})
     before = [p for p in passes if p[1] < n_prompt]
     last = before[-1][1] if before else None
@@ -454,6 +463,28 @@ def hook_metrics(stats_path: Path, prompt: Prompt, n_prompt: int, resolved: dict
         "at_answer": None if at_answer is None else {k: at_answer[k] for k in keys},
         "stats": paths.relative(stats_path),
         "stats_sha256": pypi.sha256_of(stats_path),
+    }
+
+
+def policy_hook_metrics(recs: list[dict], stats_path: Path, prompt: Prompt, n_prompt: int, resolved: dict) -> dict:
+    """hook_metrics for a token policy (ELASTICKV_STATS "evict" records): passes, kept cells at the answer."""
+    passes = sorted({(r["pass"], r["pos_max"]) for r in recs})
+    before = [p for p in passes if p[1] < n_prompt]
+    last = before[-1][1] if before else None
+    keys = ("sparsity_k_all", "sparsity_v_all", "nominal", "kept_cells")
+    final = stats.summarize_policy(recs)
+    at_answer = stats.summarize_policy([r for r in recs if r["pos_max"] < n_prompt]) if before else None
+    ns, ne = prompt.needle_tokens
+    return {
+        "passes": len(passes), "pass_pos_max": [p[1] for p in passes], "passes_before_answer": len(before),
+        "last_pass_pos_before_answer": last, "needle_in_sink": ns < resolved["sink"],
+        "needle_thresholded_before_answer": bool(last is not None and ns >= resolved["sink"] and ne - 1 <= last),
+        "haystack_covered_before_answer": (None if last is None else
+                                           (min(last + 1, prompt.haystack_tokens[1]) - prompt.haystack_tokens[0])
+                                           / (prompt.haystack_tokens[1] - prompt.haystack_tokens[0])),
+        **{k: final[k] for k in keys}, "bitmap": None,
+        "at_answer": None if at_answer is None else {k: at_answer[k] for k in keys},
+        "stats": paths.relative(stats_path), "stats_sha256": pypi.sha256_of(stats_path),
     }
 
 
