@@ -4,6 +4,7 @@ a missing build is an error, not a skip, so CI cannot pass without exercising th
 
 from __future__ import annotations
 
+import shutil
 import sys
 from pathlib import Path
 
@@ -35,3 +36,16 @@ def llama(model_path):
     from llama_run import Llama
 
     return Llama(model_path)
+
+
+@pytest.fixture()
+def tmp_rel(request):
+    """A scratch folder inside the repository, one per test module (result files record paths relative to
+    the repository, so they cannot live in pytest's tmp_path)."""
+    from elastickv import paths
+
+    d = paths.BUILD / "test-tmp" / request.module.__name__.rsplit(".", 1)[-1]
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    yield d
+    shutil.rmtree(d, ignore_errors=True)

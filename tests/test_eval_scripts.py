@@ -6,7 +6,6 @@ results/ only."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -18,21 +17,10 @@ PY = sys.executable
 SCRIPTS = sorted([*paths.ROOT.glob("scripts/eval/*.py"), *paths.ROOT.glob("scripts/analysis/*.py"),
                   *paths.ROOT.glob("scripts/plot/fig*.py"), *paths.ROOT.glob("scripts/plot/tab*.py"),
                   *paths.ROOT.glob("scripts/setup/*.py"), *paths.ROOT.glob("scripts/eval/*.sh")])
-TMP = paths.BUILD / "test-tmp"
 
 
 def run(cmd, **kw):
     return subprocess.run(cmd, cwd=paths.ROOT, capture_output=True, text=True, **kw)
-
-
-@pytest.fixture()
-def tmp_rel():
-    """A scratch folder inside the repository (result files record paths relative to it)."""
-    d = TMP / "eval"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 @pytest.mark.parametrize("script", SCRIPTS, ids=[str(s.relative_to(paths.ROOT)) for s in SCRIPTS])

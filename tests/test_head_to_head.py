@@ -6,7 +6,6 @@ is a fraction that the eviction really drives (h2o at 5 % evicts answer tokens t
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 import sys
 
@@ -15,16 +14,6 @@ import pytest
 from elastickv import paths, results
 
 PY = sys.executable
-TMP = paths.BUILD / "test-tmp"
-
-
-@pytest.fixture()
-def tmp_rel():
-    d = TMP / "h2h"
-    shutil.rmtree(d, ignore_errors=True)
-    d.mkdir(parents=True)
-    yield d
-    shutil.rmtree(d, ignore_errors=True)
 
 
 def run(args):
