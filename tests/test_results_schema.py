@@ -25,7 +25,7 @@ def kind_of(path) -> str:
     obj = json.loads(path.read_text())
     if obj.get("kind") == "aggregate":
         return "aggregate"
-    if obj.get("schema_version") == 1 and obj.get("kind") in ("perplexity", "bench", "niah"):
+    if obj.get("schema_version") == 1 and obj.get("kind") in ("perplexity", "bench", "niah", "routing"):
         return "record"
     rel = str(path.relative_to(paths.RESULTS))
     for pattern in INTERMEDIATE:

@@ -41,7 +41,7 @@ def main() -> None:
             v = anchors.get((model, row))
             if v is not None:
                 ax.axhline(v, color="grey", ls=ls, lw=0.9)
-                ax.text(101, v, f"{row} (fa on)", fontsize=6, va="center", color="grey")
+                ax.text(2, v * 1.08, f"llama.cpp {row} cache (fa on)", fontsize=6, va="bottom", color="grey")
         ax.set_yscale("log")
         ax.set_xlabel("kept (% of cells or entries, measured)")
         ax.set_ylabel("KL divergence vs f16")

@@ -13,6 +13,7 @@ import sys
 import textable as tt
 
 RESULT = "head_to_head.json"
+MATCH = 0.03  # kept fractions closer than this count as matched
 LABELS = {"elastickv": "ElasticKV", "streaming": "StreamingLLM", "h2o": "H2O", "scissorhands": "ScissorHands",
           "pyramidkv": "PyramidKV", "random_tokens": "random tokens", "random_entries": "random entries",
           "topk_entries": "top-$k$ entries"}
@@ -58,12 +59,30 @@ def main() -> None:
         ekv = {e["target_kept"]: e for e in entries if e["model"] == model and e["policy"] == "elastickv"}
         for k, e in ekv.items():
             nums[tt.macro_name(f"TSixteen{model}EkvKept{round(100 * k)}")] = f"{100 * e['kept']:.0f}"
+    # ElasticKV against the other element methods, level by level (measured KLD)
+    compare = []
+    for model in models:
+        ekv = {e["target_kept"]: e for e in entries if e["model"] == model and e["policy"] == "elastickv"}
+        for other in ("topk_entries", "random_entries"):
+            oth = {e["target_kept"]: e for e in entries if e["model"] == model and e["policy"] == other}
+            # only levels where both really kept the same fraction (within MATCH): ElasticKV's scales miss
+            common = sorted(k for k in set(ekv) & set(oth) if abs(ekv[k]["kept"] - oth[k]["kept"]) <= MATCH)
+            if not common:
+                continue
+            lower = sum(ekv[k]["kld"]["value"] < oth[k]["kld"]["value"] for k in common)
+            key = tt.macro_name(f"TSixteen{model}EkvBelow{other}")
+            nums[key] = f"{lower} of {len(common)}"
+            compare.append(f"than {LABELS[other]} at {nums[key]} of the levels where both kept the same fraction "
+                           f"within {100 * MATCH:.0f} points"
+                           + (f" (random entries: KLD $\\ge$ {min(oth[k]['kld']['value'] for k in common):.2f} at every level)"
+                              if other == "random_entries" else ""))
     base = agg["data"]["baselines"]
     m0 = models[0]
     s = (f"Every policy runs in the same patched llama.cpp on the same {cfg['ctx']}-token chunk"
          f"{'s' if cfg['chunks'][m0] > 1 else ''} of WikiText-2 ({tt.esc(m0)}: baseline PPL "
          f"{base[m0]['ppl']['value']:.3f}), -b = -ub = {cfg['evict_every']}, flash attention {cfg['flash_attn']}, "
          f"sink {cfg['sink']}. Lowest KLD per kept fraction: " + "; ".join(parts) + ". "
+         + ("ElasticKV has a lower KLD " + "; and ".join(compare) + ". " if compare else "") +
          "The number in parentheses is the kept fraction (\\%) each run really reached: cells per layer and KV "
          "head for the token policies, K/V entries for the element policies and ElasticKV, whose scales come "
          "from a Gaussian calibration and so miss the targets. None of these policies frees memory in this "

@@ -235,10 +235,12 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
         uint32_t c_lo = *std::min_element(cells.begin(), cells.end());
         uint32_t c_hi = *std::max_element(cells.begin(), cells.end());
 
-        std::vector<float>   dump_score, row_score(c_hi - c_lo + 1);
+        std::vector<float>   dump_score, row_score(c_hi - c_lo + 1), row(c_hi - c_lo + 1);
         std::vector<uint8_t> dump_before, dump_after;
         std::vector<float>   sc(n);
         std::vector<uint8_t> ev(n);
+        std::vector<uint32_t> sorted(cells); // for the score resets: runs of consecutive cells
+        std::sort(sorted.begin(), sorted.end());
         int64_t kept_total = 0;
         for (int32_t li = 0; li < n_layer; ++li) {
             auto & l = layers[li];
@@ -264,7 +266,6 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
                     dump_after.insert(dump_after.end(), ev.begin(), ev.end());
                 }
                 // upload the bias of the sequence's cells whose state changed
-                std::vector<float> row(c_hi - c_lo + 1);
                 ggml_backend_tensor_get(l.bias, row.data(), strm*l.bias->nb[2] + h*l.bias->nb[1] + c_lo*sizeof(float), row.size()*sizeof(float));
                 bool changed = false;
                 int64_t kept = 0;
@@ -278,8 +279,6 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
                     ggml_backend_tensor_set(l.bias, row.data(), strm*l.bias->nb[2] + h*l.bias->nb[1] + c_lo*sizeof(float), row.size()*sizeof(float));
                 }
                 if (desc.reset_score && l.score) {
-                    std::vector<uint32_t> sorted(cells);
-                    std::sort(sorted.begin(), sorted.end());
                     zero_runs(l.score, strm, h, sorted, l.backend, false);
                 }
                 kept_layer += kept;
