@@ -89,9 +89,14 @@ def token_passes(folder: Path) -> list[tuple[int, int, int]]:
     return sorted(out)
 
 
+def token_manifest(folder: Path, ctx: int, pass_id: int, seq: int) -> dict:
+    """The .json of a token-eviction pass alone (without loading its arrays)."""
+    return json.loads((Path(folder) / f"ctx{ctx}_pass{pass_id:06d}_seq{seq}.json").read_text())
+
+
 def load_token(folder: Path, ctx: int, pass_id: int, seq: int) -> TokenPass:
     prefix = Path(folder) / f"ctx{ctx}_pass{pass_id:06d}_seq{seq}"
-    return TokenPass(manifest=json.loads(Path(f"{prefix}.json").read_text()),
+    return TokenPass(manifest=token_manifest(folder, ctx, pass_id, seq),
                      cells=np.load(f"{prefix}_cells.npy"), score=np.load(f"{prefix}_score.npy"),
                      before=np.load(f"{prefix}_evicted_before.npy").astype(bool),
                      after=np.load(f"{prefix}_evicted_after.npy").astype(bool))

@@ -213,6 +213,27 @@ def _resolve_policy(env: dict[str, str]) -> dict:
     return out
 
 
+#: hook settings an experiment row may set (keyword names of :func:`hook_env`); the last six: the baselines
+ROW_KEYS = ("preset", "scale_k", "scale_v", "sink", "mode", "warm",
+            "policy", "budget", "recent", "heavy_ratio", "seed", "pyramid_beta")
+
+
+def budget_text(kept: float) -> str:
+    """ELASTICKV_BUDGET for a kept fraction, always with a decimal point (a bare "1" would mean one cell)."""
+    return f"{kept:.6f}".rstrip("0").rstrip(".") if kept < 1 else "1.0"
+
+
+def matched_env(policy: str, kept: float, elastickv_scales: dict, **settings: object) -> dict[str, str]:
+    """ELASTICKV_* variables for ``policy`` at a target kept fraction: ElasticKV takes scale_k = scale_v =
+    ``elastickv_scales[kept]`` (it has no budget), every baseline ELASTICKV_BUDGET = kept."""
+    if policy == "elastickv":
+        scale = elastickv_scales.get(kept)
+        if scale is None:
+            raise EnvError(f"elastickv_scales has no scale for kept={kept}; add one (known: {sorted(elastickv_scales)})")
+        return hook_env(scale_k=scale, scale_v=scale, **settings)
+    return hook_env(policy=policy, budget=budget_text(kept), **settings)
+
+
 def hook_env(enabled: bool = True, **settings: object) -> dict[str, str]:
     """ELASTICKV_* variables for a run: ``hook_env(preset="sweet", evict_every=64)``.
 

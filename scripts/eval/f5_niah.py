@@ -100,8 +100,7 @@ DEFAULTS = {
     "runs_dir": "results/niah",
 }
 
-HOOK_KEYS = ("preset", "scale_k", "scale_v", "sink", "mode", "warm",
-             "policy", "budget", "recent", "heavy_ratio", "seed", "pyramid_beta")  # the last six: token baselines
+HOOK_KEYS = envvars.ROW_KEYS
 CACHE = paths.CACHE / "niah"
 GEN_RE = re.compile(r"^[\d.]+ I generate: n_ctx = \d+, n_batch = \d+, n_predict = -?\d+, n_keep = (\d+)\n"
                     r"[\d.]+ I \n(.*?)(?=^\d+\.\d+\.\d+\.\d+ [A-Z] |\Z)", re.MULTILINE | re.DOTALL)
@@ -438,16 +437,22 @@ def perf(log: str) -> dict:
 
 def hook_metrics(stats_path: Path, prompt: Prompt, n_prompt: int, resolved: dict) -> dict:
     """Passes and sparsity from ELASTICKV_STATS: before the answer (passes at the end of prompt ubatches,
-    positions < n_prompt) and at the end of the run."""
-    _, heads = stats.read(stats_path)
-    if resolved["policy"] != "elastickv":
-        return policy_hook_metrics(heads, stats_path, prompt, n_prompt, resolved)
-    passes = sorted({(r["pass"], r["pos_max"]) for r in heads})
+    positions < n_prompt) and at the end of the run. ElasticKV reads its "head" records; a token policy its
+    "evict" records (kept cells instead of the thresholded region; no bitmap)."""
+    _, recs = stats.read(stats_path)
+    if resolved["policy"] == "elastickv":
+        summarize = stats.summarize
+        keys = ("sparsity_k_all", "sparsity_v_all", "sparsity_k_region", "sparsity_v_region", "nominal", "bitmap")
+        extra = {}
+    else:
+        summarize = stats.summarize_policy
+        keys = ("sparsity_k_all", "sparsity_v_all", "nominal", "kept_cells")
+        extra = {"bitmap": None}
+    passes = sorted({(r["pass"], r["pos_max"]) for r in recs})
     before = [p for p in passes if p[1] < n_prompt]
     last = before[-1][1] if before else None
-    keys = ("sparsity_k_all", "sparsity_v_all", "sparsity_k_region", "sparsity_v_region", "nominal", "bitmap")
-    final = stats.summarize(heads)
-    at_answer = stats.summarize([r for r in heads if r["pos_max"] < n_prompt]) if before else None
+    final = summarize(recs)
+    at_answer = summarize([r for r in recs if r["pos_max"] < n_prompt]) if before else None
     ns, ne = prompt.needle_tokens
     return {
         "passes": len(passes),
@@ -459,32 +464,10 @@ def hook_metrics(stats_path: Path, prompt: Prompt, n_prompt: int, resolved: dict
         "haystack_covered_before_answer": (None if last is None else
                                            (min(last + 1, prompt.haystack_tokens[1]) - prompt.haystack_tokens[0])
                                            / (prompt.haystack_tokens[1] - prompt.haystack_tokens[0])),
-        **{k: final[k] for k in keys},
+        **{k: final[k] for k in keys}, **extra,
         "at_answer": None if at_answer is None else {k: at_answer[k] for k in keys},
         "stats": paths.relative(stats_path),
         "stats_sha256": pypi.sha256_of(stats_path),
-    }
-
-
-def policy_hook_metrics(recs: list[dict], stats_path: Path, prompt: Prompt, n_prompt: int, resolved: dict) -> dict:
-    """hook_metrics for a token policy (ELASTICKV_STATS "evict" records): passes, kept cells at the answer."""
-    passes = sorted({(r["pass"], r["pos_max"]) for r in recs})
-    before = [p for p in passes if p[1] < n_prompt]
-    last = before[-1][1] if before else None
-    keys = ("sparsity_k_all", "sparsity_v_all", "nominal", "kept_cells")
-    final = stats.summarize_policy(recs)
-    at_answer = stats.summarize_policy([r for r in recs if r["pos_max"] < n_prompt]) if before else None
-    ns, ne = prompt.needle_tokens
-    return {
-        "passes": len(passes), "pass_pos_max": [p[1] for p in passes], "passes_before_answer": len(before),
-        "last_pass_pos_before_answer": last, "needle_in_sink": ns < resolved["sink"],
-        "needle_thresholded_before_answer": bool(last is not None and ns >= resolved["sink"] and ne - 1 <= last),
-        "haystack_covered_before_answer": (None if last is None else
-                                           (min(last + 1, prompt.haystack_tokens[1]) - prompt.haystack_tokens[0])
-                                           / (prompt.haystack_tokens[1] - prompt.haystack_tokens[0])),
-        **{k: final[k] for k in keys}, "bitmap": None,
-        "at_answer": None if at_answer is None else {k: at_answer[k] for k in keys},
-        "stats": paths.relative(stats_path), "stats_sha256": pypi.sha256_of(stats_path),
     }
 
 

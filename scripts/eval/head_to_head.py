@@ -52,22 +52,9 @@ DEFAULTS = {
 }
 
 
-def budget_text(kept: float) -> str:
-    """ELASTICKV_BUDGET for a fraction, always with a decimal point (a bare "1" would mean one cell)."""
-    return f"{kept:.6f}".rstrip("0").rstrip(".") if kept < 1 else "1.0"
-
-
 def settings(cfg: dict, model: str, policy: str | None, kept: float | None) -> ppl.PplSettings:
-    hook: dict[str, str] = {}
-    if policy == "elastickv":
-        scale = cfg["elastickv_scales"].get(kept)
-        if scale is None:
-            raise config.ConfigError(f"elastickv_scales has no scale for kept={kept}; add one (known: "
-                                     f"{sorted(cfg['elastickv_scales'])})")
-        hook = envvars.hook_env(scale_k=scale, scale_v=scale, sink=cfg["sink"], evict_every=cfg["evict_every"])
-    elif policy is not None:
-        hook = envvars.hook_env(policy=policy, budget=budget_text(kept), sink=cfg["sink"],
-                                evict_every=cfg["evict_every"])
+    hook = {} if policy is None else envvars.matched_env(policy, kept, cfg["elastickv_scales"], sink=cfg["sink"],
+                                                         evict_every=cfg["evict_every"])
     return ppl.PplSettings(model=model, data=paths.relative(paths.WIKITEXT_TEST), ctx=cfg["ctx"],
                            batch=cfg["evict_every"], chunks=int(cfg["chunks"][model]), flash_attn=cfg["flash_attn"],
                            threads=cfg["threads"], variant=cfg["variant"], hook=hook)
@@ -117,7 +104,7 @@ def run(cfg: dict, force: bool = False) -> dict:
             sources.append(out / "baseline-base.json")
             for kept in cfg["kept"]:
                 for policy in all_policies:
-                    name = f"{policy}-{budget_text(kept)}"
+                    name = f"{policy}-{envvars.budget_text(kept)}"
                     rec = ppl.run(name, settings(cfg, model, policy, kept), out, kld="compare", force=force)
                     entries.append(entry(model, policy, kept, rec, base_ppl, out / f"{name}.json"))
                     sources.append(out / f"{name}.json")

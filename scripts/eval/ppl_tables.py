@@ -37,8 +37,7 @@ DEFAULTS = {
     "output": "",              # the aggregate JSON
 }
 
-HOOK_KEYS = ("preset", "scale_k", "scale_v", "sink", "mode", "warm",
-             "policy", "budget", "recent", "heavy_ratio", "seed", "pyramid_beta")  # the last six: baselines
+HOOK_KEYS = envvars.ROW_KEYS
 
 
 def row_settings(cfg: dict, model: str, ctx: int, chunks: int, row: dict) -> ppl.PplSettings:

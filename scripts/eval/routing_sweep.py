@@ -76,18 +76,6 @@ def answer_tokens(tok: f5_niah.Tokenizer, item: dict) -> tuple[int, list[int]]:
     return tok.count(text), sorted(cells)
 
 
-def hook_env(cfg: dict, policy: str | None, kept: float | None) -> dict[str, str]:
-    if policy is None:
-        return {}
-    common = {"sink": cfg["sink"], "evict_every": cfg["evict_every"]}
-    if policy == "elastickv":
-        s = cfg["elastickv_scales"].get(kept)
-        if s is None:
-            raise config.ConfigError(f"elastickv_scales has no scale for kept={kept}")
-        return envvars.hook_env(scale_k=s, scale_v=s, **common)
-    return envvars.hook_env(policy=policy, budget=f"{kept:.6f}".rstrip("0"), **common)
-
-
 def last_pass_metrics(folder: Path, policy: str, n_prompt: int, ans: list[int], cfg: dict) -> dict:
     """Routing metrics at the last pass that ran before the first answer token."""
     if policy == "elastickv":
@@ -110,7 +98,7 @@ def last_pass_metrics(folder: Path, policy: str, n_prompt: int, ans: list[int], 
                 "answer_cells_covered": int(len(idx)), "element_ger_max": summ["max"],
                 "element_ger_mean": summ["mean"], "answer_k_zero_fraction": zero,
                 "kept_entries_k": float((k_rows != 0).mean())}
-    found = [p for p in dump.token_passes(folder) if dump.load_token(folder, *p).manifest["n"] <= n_prompt]
+    found = [p for p in dump.token_passes(folder) if dump.token_manifest(folder, *p)["n"] <= n_prompt]
     if not found:
         return {"passes_before_answer": 0}
     t = dump.load_token(folder, *found[-1])
@@ -131,7 +119,8 @@ def last_pass_metrics(folder: Path, policy: str, n_prompt: int, ans: list[int], 
 def run_one(cfg: dict, tok: f5_niah.Tokenizer, item: dict, policy: str | None, kept: float | None,
             n_prompt: int, ans: list[int], out_dir: Path, items_file: Path) -> dict:
     name = f"{item['id']}-{'baseline' if policy is None else f'{policy}-{kept:g}'}"
-    env = hook_env(cfg, policy, kept)
+    env = {} if policy is None else envvars.matched_env(policy, kept, cfg["elastickv_scales"], sink=cfg["sink"],
+                                                        evict_every=cfg["evict_every"])
     settings = {"script": SCRIPT, "model": cfg["model"], "item": item["id"], "policy": policy, "kept": kept,
                 "hook": env, **{k: cfg[k] for k in ("seed", "n_per_task", "target_words", "sink", "evict_every",
                                                     "flash_attn", "n_predict", "threads", "variant",
