@@ -25,7 +25,7 @@ import re
 import numpy as np
 import pytest
 
-from elastickv import dump, policies
+from elastickv import dump, paths, policies
 from elastickv.policies import common
 
 SINK = 4
@@ -91,6 +91,45 @@ def test_token_policy_kept_set_equals_reference(llama, tmp_path, policy, extra):
     assert prev.after.any()
     if policy != "pyramidkv":
         assert (~prev.after).sum(axis=2).min() == (~prev.after).sum(axis=2).max()
+
+
+@pytest.mark.parametrize("unified", [False, True], ids=["streams", "unified"])
+def test_token_policy_per_sequence(llama, tmp_path, unified):
+    """Four sequences decoded together (one stream each, or one shared stream with -kvu): every sequence gets
+    its own passes at its own positions, its own budget and its own reference selection; H2O scores count
+    only the sequence's own queries (the KQ mask keeps other sequences' cells at zero weight)."""
+    folder = tmp_path / "dump"
+    env = {"ELASTICKV": "1", "ELASTICKV_POLICY": "h2o", "ELASTICKV_BUDGET": "0.5", "ELASTICKV_SINK": str(SINK),
+           "ELASTICKV_DUMP": str(folder)}
+    # -c 256 -b 1024: llama-perplexity decodes 4 chunks at once, one sequence each
+    r = llama.tool("llama-perplexity", ["-c", "256", "-b", "1024", "-ub", "64", "--chunks", "4", "-t", "2", "-lv", "4",
+                                        "-fa", "off", "-f", paths.relative(paths.WIKITEXT_TEST)]
+                   + (["-kvu"] if unified else []), env=env)
+    assert r.rc == 0, r.log[-3000:]
+    assert "n_seq=4" in r.log
+    G = n_query_heads_per_kv_head(r.log)
+    P = policies.policy("h2o")
+    found = dump.token_passes(folder)
+    assert {seq for _, _, seq in found} == {0, 1, 2, 3}
+    prev = {}
+    for ctx, pass_id, seq in found:
+        t = dump.load_token(folder, ctx, pass_id, seq)
+        n = len(t.pos)
+        assert np.array_equal(t.pos, np.arange(n)), "the sequence's own cells, positions 0..n-1"
+        b = budget_of(t.manifest)
+        B = common.budget_cells(b, n)
+        np.testing.assert_allclose(t.score.astype(np.float64).sum(axis=2), G * n, rtol=2e-4)
+        if seq in prev:
+            m = prev[seq].after.shape[2]
+            assert np.array_equal(t.before[:, :, :m], prev[seq].after)
+        L, H, _ = t.after.shape
+        for layer in range(L):
+            for h in range(H):
+                want = common.select(P, b, SINK, B, t.pos, t.score[layer, h], t.before[layer, h])
+                assert np.array_equal(want, t.after[layer, h]), (seq, pass_id, layer, h)
+                assert (~t.after[layer, h]).sum() == B
+        prev[seq] = t
+    assert sorted(len(p.pos) for p in prev.values()) == [256] * 4  # each sequence reached its last pass
 
 
 def n_query_heads_per_kv_head(log: str) -> int:
