@@ -118,6 +118,7 @@ experiments: $(VENV)/.stamp
 	$(PY) scripts/analysis/f7_compression_proof.py
 	$(PY) scripts/eval/head_to_head.py
 	$(PY) scripts/eval/routing_sweep.py
+	$(PY) scripts/eval/f5_niah.py --config table18_niah_policies
 
 clean:
 	rm -rf build/run build/cache build/cuda-check reports paper/build paper/generated
