@@ -55,7 +55,8 @@ def main() -> None:
             key = tt.macro_name(f"TSixteen{model}Best{round(100 * k)}")
             nums[key] = LABELS.get(best["policy"], best["policy"])
             nums[key + "Kld"] = f"{best['kld']['value']:.3f}"
-            parts.append(f"{100 * k:.0f}\\,\\%: {nums[key]} (KLD {nums[key + 'Kld']})")
+            parts.append((f"{tt.esc(model)} " if len(models) > 1 else "")
+                         + f"{100 * k:.0f}\\,\\%: {nums[key]} (KLD {nums[key + 'Kld']})")
         ekv = {e["target_kept"]: e for e in entries if e["model"] == model and e["policy"] == "elastickv"}
         for k, e in ekv.items():
             nums[tt.macro_name(f"TSixteen{model}EkvKept{round(100 * k)}")] = f"{100 * e['kept']:.0f}"
@@ -72,21 +73,27 @@ def main() -> None:
             lower = sum(ekv[k]["kld"]["value"] < oth[k]["kld"]["value"] for k in common)
             key = tt.macro_name(f"TSixteen{model}EkvBelow{other}")
             nums[key] = f"{lower} of {len(common)}"
-            compare.append(f"than {LABELS[other]} at {nums[key]} of the levels where both kept the same fraction "
+            compare.append((f"on {tt.esc(model)} " if len(models) > 1 else "") + f"than {LABELS[other]} at {nums[key]} of the levels where both kept the same fraction "
                            f"within {100 * MATCH:.0f} points"
                            + (f" (random entries: KLD $\\ge$ {min(oth[k]['kld']['value'] for k in common):.2f} at every level)"
                               if other == "random_entries" else ""))
     base = agg["data"]["baselines"]
-    m0 = models[0]
-    s = (f"Every policy runs in the same patched llama.cpp on the same {cfg['ctx']}-token chunk"
-         f"{'s' if cfg['chunks'][m0] > 1 else ''} of WikiText-2 ({tt.esc(m0)}: baseline PPL "
-         f"{base[m0]['ppl']['value']:.3f}), -b = -ub = {cfg['evict_every']}, flash attention {cfg['flash_attn']}, "
-         f"sink {cfg['sink']}. Lowest KLD per kept fraction: " + "; ".join(parts) + ". "
+    chunks = "; ".join(f"{tt.esc(m)}: {cfg['chunks'][m]} chunk{'s' if cfg['chunks'][m] > 1 else ''}, baseline PPL "
+                       f"{base[m]['ppl']['value']:.3f}" for m in models)
+    per_model = len(models) > 1
+    resident = {round(e["resident"], 2) for e in entries}  # measured from each run's KV buffer size
+    s = (f"Every policy runs in the same patched llama.cpp on the same {cfg['ctx']}-token chunks of WikiText-2 "
+         f"({chunks}), -b = -ub = {cfg['evict_every']}, flash attention {cfg['flash_attn']}, "
+         f"sink {cfg['sink']}. Lowest KLD per kept fraction" + (" (per model)" if per_model else "") + ": "
+         + "; ".join(parts) + ". "
          + ("ElasticKV has a lower KLD " + "; and ".join(compare) + ". " if compare else "") +
          "The number in parentheses is the kept fraction (\\%) each run really reached: cells per layer and KV "
          "head for the token policies, K/V entries for the element policies and ElasticKV, whose scales come "
-         "from a Gaussian calibration and so miss the targets. None of these policies frees memory in this "
-         "implementation: evicted cells and zeroed entries stay in the dense f16 buffer (resident 1.00$\\times$).")
+         "from a Gaussian calibration and so miss the targets. "
+         + (f"None of these policies frees memory in this implementation: evicted cells and zeroed entries stay "
+            f"in the dense f16 buffer (resident {resident.pop():.2f}$\\times$ in every run)." if len(resident) == 1
+            else "Resident memory (f16 bytes / real KV bytes) ranges from "
+                 f"{min(resident):.2f}$\\times$ to {max(resident):.2f}$\\times$."))
     nums["TSixteenSentence"] = s
     tt.write("tab16_head_to_head", table, nums, "scripts/plot/tab16_head_to_head.py")
 
