@@ -75,7 +75,7 @@ def main() -> None:
             nums[key] = f"{lower} of {len(common)}"
             compare.append((f"on {tt.esc(model)} " if len(models) > 1 else "") + f"than {LABELS[other]} at {nums[key]} of the levels where both kept the same fraction "
                            f"within {100 * MATCH:.0f} points"
-                           + (f" (random entries: KLD $\\ge$ {min(oth[k]['kld']['value'] for k in common):.2f} at every level)"
+                           + (f" (random entries: KLD $\\ge$ {min(e['kld']['value'] for e in oth.values()):.2f} at every level)"
                               if other == "random_entries" else ""))
     base = agg["data"]["baselines"]
     chunks = "; ".join(f"{tt.esc(m)}: {cfg['chunks'][m]} chunk{'s' if cfg['chunks'][m] > 1 else ''}, baseline PPL "
