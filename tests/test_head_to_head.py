@@ -22,7 +22,8 @@ def run(args):
 
 def test_head_to_head_tiny(tmp_rel, model_path):
     rel = paths.relative(tmp_rel)
-    args = ["scripts/eval/head_to_head.py", "--set", "ctx=512", "--set", "chunks={smollm2-135m: 1}",
+    args = ["scripts/eval/head_to_head.py", "--set", "models=[smollm2-135m]", "--set", "ctx=512",
+            "--set", "chunks={smollm2-135m: 1}",
             "--set", "kept=[0.5]", "--set", "policies=[h2o, topk_entries]", "--set", f"runs_dir={rel}/runs",
             "--set", f"output={rel}/h2h.json"]
     r = run(args)

@@ -232,15 +232,15 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
             continue;
         }
         const int64_t B = llama_elastickv_budget_cells(budget, n);
-        uint32_t c_lo = *std::min_element(cells.begin(), cells.end());
-        uint32_t c_hi = *std::max_element(cells.begin(), cells.end());
+        std::vector<uint32_t> sorted(cells); // for the score resets: runs of consecutive cells
+        std::sort(sorted.begin(), sorted.end());
+        const uint32_t c_lo = sorted.front();
+        const uint32_t c_hi = sorted.back();
 
         std::vector<float>   dump_score, row_score(c_hi - c_lo + 1), row(c_hi - c_lo + 1);
         std::vector<uint8_t> dump_before, dump_after;
         std::vector<float>   sc(n);
         std::vector<uint8_t> ev(n);
-        std::vector<uint32_t> sorted(cells); // for the score resets: runs of consecutive cells
-        std::sort(sorted.begin(), sorted.end());
         int64_t kept_total = 0;
         for (int32_t li = 0; li < n_layer; ++li) {
             auto & l = layers[li];
