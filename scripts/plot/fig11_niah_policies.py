@@ -15,8 +15,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import niahplot  # noqa: E402
 import plotcommon  # noqa: E402
 
-LABELS = {"baseline": "hook off", "elastickv": "ElasticKV", "streaming": "StreamingLLM", "h2o": "H2O",
-          "scissorhands": "ScissorHands", "pyramidkv": "PyramidKV", "random_tokens": "random tokens"}
 
 
 def row_settings(row: dict) -> str:
@@ -28,7 +26,7 @@ def row_settings(row: dict) -> str:
 def main() -> None:
     aggs = niahplot.grids("niah_policies", "scripts/eval/f5_niah.py --config table18_niah_policies")
     cfg = aggs[0]["config"]
-    niahplot.heatmaps(aggs, LABELS, "fig11_niah_policies",
+    niahplot.heatmaps(aggs, plotcommon.POLICY_LABELS, "fig11_niah_policies",
                       "green: the needle's number is in the greedy answer; red: it is not. s: the needle starts inside "
                       "the first SINK positions, which no policy evicts or thresholds (its tokens beyond them are not protected). "
                       "flash attention "

@@ -21,6 +21,12 @@ plt.rcParams.update({"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "
                      "svg.hashsalt": "elastickv", "path.simplify": False})
 
 
+#: display names of the rows of the policy comparisons (Tables 16 and 18, Figure 11); LaTeX-safe
+POLICY_LABELS = {"baseline": "hook off", "elastickv": "ElasticKV", "streaming": "StreamingLLM", "h2o": "H2O",
+                 "scissorhands": "ScissorHands", "pyramidkv": "PyramidKV", "random_tokens": "random tokens",
+                 "random_entries": "random entries", "topk_entries": "top-$k$ entries"}
+
+
 class MissingResult(FileNotFoundError):
     """The result file a figure needs is not in results/."""
 

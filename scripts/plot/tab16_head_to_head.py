@@ -14,9 +14,6 @@ import textable as tt
 
 RESULT = "head_to_head.json"
 MATCH = 0.03  # kept fractions closer than this count as matched
-LABELS = {"elastickv": "ElasticKV", "streaming": "StreamingLLM", "h2o": "H2O", "scissorhands": "ScissorHands",
-          "pyramidkv": "PyramidKV", "random_tokens": "random tokens", "random_entries": "random entries",
-          "topk_entries": "top-$k$ entries"}
 
 
 def main() -> None:
@@ -41,7 +38,7 @@ def main() -> None:
             for k in kept_levels:
                 e = es.get(k)
                 cells.append("--" if e is None else tt.num(e["ppl_delta_pct"], 1, sign=True))
-            rows.append([tt.esc(model) if p == "elastickv" else "", LABELS.get(p, tt.esc(p))] + cells)
+            rows.append([tt.esc(model) if p == "elastickv" else "", tt.POLICY_LABELS.get(p, tt.esc(p))] + cells)
     header = (["model", "policy"] + [f"KLD @{100 * k:.0f}\\%" for k in kept_levels]
               + [f"$\\Delta$PPL\\% @{100 * k:.0f}\\%" for k in kept_levels])
     table = tt.tabular("ll" + "r" * (2 * len(kept_levels)), header, rows, rules)
@@ -53,7 +50,7 @@ def main() -> None:
             es = [e for e in entries if e["model"] == model and e["target_kept"] == k]
             best = min(es, key=lambda e: e["kld"]["value"])
             key = tt.macro_name(f"TSixteen{model}Best{round(100 * k)}")
-            nums[key] = LABELS.get(best["policy"], best["policy"])
+            nums[key] = tt.POLICY_LABELS.get(best["policy"], best["policy"])
             nums[key + "Kld"] = f"{best['kld']['value']:.3f}"
             parts.append((f"{tt.esc(model)} " if len(models) > 1 else "")
                          + f"{100 * k:.0f}\\,\\%: {nums[key]} (KLD {nums[key + 'Kld']})")
@@ -73,8 +70,9 @@ def main() -> None:
             lower = sum(ekv[k]["kld"]["value"] < oth[k]["kld"]["value"] for k in common)
             key = tt.macro_name(f"TSixteen{model}EkvBelow{other}")
             nums[key] = f"{lower} of {len(common)}"
-            compare.append((f"on {tt.esc(model)} " if len(models) > 1 else "") + f"than {LABELS[other]} at {nums[key]} of the levels where both kept the same fraction "
-                           f"within {100 * MATCH:.0f} points"
+            compare.append((f"on {tt.esc(model)} " if len(models) > 1 else "")
+                           + f"than {tt.POLICY_LABELS[other]} at {nums[key]} of the levels where both kept the same "
+                           f"fraction within {100 * MATCH:.0f} points"
                            + (f" (random entries: KLD $\\ge$ {min(e['kld']['value'] for e in oth.values()):.2f} at every level)"
                               if other == "random_entries" else ""))
     base = agg["data"]["baselines"]

@@ -16,8 +16,6 @@ import numpy as np
 import textable as tt
 
 SUBDIR = "niah_policies"
-LABELS = {"baseline": "hook off", "elastickv": "ElasticKV", "streaming": "StreamingLLM", "h2o": "H2O",
-          "scissorhands": "ScissorHands", "pyramidkv": "PyramidKV", "random_tokens": "random tokens"}
 
 
 def kept_at_answer(cells: list[dict]) -> float | None:
@@ -47,7 +45,7 @@ def main() -> None:
             inner = sum(s["per_depth"][x] for x in interior)
             n_inner = len(interior) * len(d["lengths"])
             kept = kept_at_answer([c for c in d["cells"] if c["row"] == row])
-            rows.append([tt.esc(d["model"]) if i == 0 else "", LABELS.get(row, tt.esc(row))] +
+            rows.append([tt.esc(d["model"]) if i == 0 else "", tt.POLICY_LABELS.get(row, tt.esc(row))] +
                         [f"{s['per_length'][str(L)]}/{n_depths}" if str(L) in s["per_length"] else "--"
                          for L in lengths] +
                         [f"{inner}/{n_inner}", f"{s['correct']}/{s['total']}",
@@ -55,7 +53,7 @@ def main() -> None:
             key = tt.macro_name(f"TEighteen{d['model']}{row}")
             nums[key] = f"{s['correct']}/{s['total']}"
             nums[key + "Interior"] = f"{inner}/{n_inner}"
-            said.append(f"{LABELS.get(row, tt.esc(row))} {inner}/{n_inner}")
+            said.append(f"{tt.POLICY_LABELS.get(row, tt.esc(row))} {inner}/{n_inner}")
         # a needle that starts in the sinks can end beyond them: those tokens are not protected
         outside = sorted({c["needle_tokens"][1] - c["needle_tokens"][0] - c["needle_tokens_in_sink"]
                           for c in d["cells"] if c["needle_in_sink"] and c["row"] != "baseline"})

@@ -12,7 +12,7 @@ import math
 import re
 from pathlib import Path
 
-from plotcommon import ROOT, MissingResult, load, main_guard  # noqa: F401  (re-exported for table scripts)
+from plotcommon import POLICY_LABELS, ROOT, MissingResult, load, main_guard  # noqa: F401  (re-exported for table scripts)
 
 GENERATED = ROOT / "paper" / "generated"
 
