@@ -12,8 +12,6 @@ import sys
 
 import textable as tt
 
-from tab16_head_to_head import LABELS
-
 
 def cell(s: dict | None, p: str) -> str:
     if s is None:
@@ -37,7 +35,7 @@ def main() -> None:
     for p in cfg["policies"]:
         by = {s["kept"]: s for s in summ if s["policy"] == p}
         hc = [s["head_consensus"] for s in by.values() if s.get("head_consensus") is not None]
-        rows.append([LABELS.get(p, tt.esc(p)), ""] + [cell(by.get(k), p) for k in levels]
+        rows.append([tt.POLICY_LABELS.get(p, tt.esc(p)), ""] + [cell(by.get(k), p) for k in levels]
                     + [f"{sum(hc) / len(hc):.2f}" if hc else "--"])
     header = (["policy", "off"] + [f"{100 * (1 - k):.0f}\\% compr." for k in levels] + ["head cons."])
     table = tt.tabular("ll" + "r" * (len(levels) + 1), header, rows)
@@ -49,14 +47,14 @@ def main() -> None:
         by = {s["kept"]: s for s in summ if s["policy"] == p}
         lo = by.get(min(levels))
         if lo:
-            worst.append(f"{LABELS.get(p, p)} {100 * lo['accuracy']:.0f}\\,\\%")
-    rs = [f"{LABELS.get(p, p)} {r:.2f}" for p, r in corr.items() if r is not None and not math.isnan(r)]
+            worst.append(f"{tt.POLICY_LABELS.get(p, p)} {100 * lo['accuracy']:.0f}\\,\\%")
+    rs = [f"{tt.POLICY_LABELS.get(p, p)} {r:.2f}" for p, r in corr.items() if r is not None and not math.isnan(r)]
     # policies that already lost most of their accuracy at the mildest level while GER stayed near zero
     first = max(levels)
     early = [s for s in summ if s["policy"] not in ("baseline", "elastickv") and s["kept"] == first
              and s["ger"] is not None and s["ger"] < 0.05 and s["accuracy"] <= base["accuracy"] / 2]
     if early:
-        names = [LABELS.get(s["policy"], s["policy"]) for s in early]
+        names = [tt.POLICY_LABELS.get(s["policy"], s["policy"]) for s in early]
         nums["TSeventeenEarlyCollapse"] = ", ".join(names)
     by_task = base["by_task"]
     tasks = ", ".join(f"{tt.esc(t)} {100 * v:.0f}" + "\\,\\%" for t, v in by_task.items())
