@@ -54,6 +54,35 @@ def run_dumped(llama, tmp_path, policy, extra, chunks=1):
     return r, folder
 
 
+def check_token_pass(P, t: dump.TokenPass, prev: dump.TokenPass | None) -> None:
+    """One pass of one sequence against the numpy definition: its cells are positions 0..n-1 in order, the
+    flags carry over from its previous pass (new cells start un-evicted), and for every layer and KV head the
+    reference selection on the dumped scores and flags gives exactly the flags after the pass, never evicts a
+    sink or the newest cell, and keeps exactly the layer's budget."""
+    m = t.manifest
+    b = budget_of(m)
+    n = len(t.pos)
+    assert np.array_equal(t.pos, np.arange(n)), "the sequence's own cells, positions 0..n-1 in order"
+    B = common.budget_cells(b, n)
+    assert B == m["budget"]
+    L, H, _ = t.after.shape
+    if prev is not None:  # the flags carry over: what was evicted stays evicted
+        assert np.array_equal(t.before[:, :, :prev.after.shape[2]], prev.after)
+        assert not t.before[:, :, prev.after.shape[2]:].any()
+    for layer in range(L):
+        Bl = P.layer_budget(b, B, n, layer, L)
+        for h in range(H):
+            ref = common.select(P, b, SINK, Bl, t.pos, t.score[layer, h] if P.score != "none" else None,
+                                t.before[layer, h])
+            assert np.array_equal(ref, t.after[layer, h]), (m["seq"], m["pass"], layer, h)
+            kept = ~t.after[layer, h]
+            assert kept[:SINK].all(), "a sink was evicted"
+            assert kept[-1], "the newest cell was evicted"
+            assert kept.sum() == Bl, (m["seq"], m["pass"], layer, h, kept.sum(), Bl)
+    if P.score == "none":
+        assert not t.score.any()
+
+
 @pytest.mark.parametrize("policy, extra", TOKEN_CASES, ids=[f"{p}-{e['ELASTICKV_BUDGET']}" for p, e in TOKEN_CASES])
 def test_token_policy_kept_set_equals_reference(llama, tmp_path, policy, extra):
     r, folder = run_dumped(llama, tmp_path, policy, extra)
@@ -61,31 +90,10 @@ def test_token_policy_kept_set_equals_reference(llama, tmp_path, policy, extra):
     found = dump.token_passes(folder)
     assert len(found) == 7  # passes at pos_max 127, 191, ..., 511 (WARM 128, EVICT_EVERY 64)
     prev = None
-    for ctx, pass_id, seq in found:
-        t = dump.load_token(folder, ctx, pass_id, seq)
-        m = t.manifest
-        assert m["policy"] == policy
-        b = budget_of(m)
-        n = len(t.pos)
-        assert np.array_equal(t.pos, np.arange(n)), "one sequence, positions 0..n-1 in order"
-        B = common.budget_cells(b, n)
-        assert B == m["budget"]
-        L, H, _ = t.after.shape
-        if prev is not None:  # the flags carry over: what was evicted stays evicted
-            assert np.array_equal(t.before[:, :, :prev.after.shape[2]], prev.after)
-            assert not t.before[:, :, prev.after.shape[2]:].any()
-        for layer in range(L):
-            Bl = P.layer_budget(b, B, n, layer, L)
-            for h in range(H):
-                ref = common.select(P, b, SINK, Bl, t.pos, t.score[layer, h] if P.score != "none" else None,
-                                    t.before[layer, h])
-                assert np.array_equal(ref, t.after[layer, h]), (pass_id, layer, h)
-                kept = ~t.after[layer, h]
-                assert kept[:SINK].all(), "a sink was evicted"
-                assert kept[-1], "the newest cell was evicted"
-                assert kept.sum() == Bl, (pass_id, layer, h, kept.sum(), Bl)
-        if P.score == "none":
-            assert not t.score.any()
+    for key in found:
+        t = dump.load_token(folder, *key)
+        assert t.manifest["policy"] == policy
+        check_token_pass(P, t, prev)
         prev = t
     # something was evicted, and the run's kept fraction is the budget
     assert prev.after.any()
@@ -114,20 +122,8 @@ def test_token_policy_per_sequence(llama, tmp_path, unified):
     prev = {}
     for ctx, pass_id, seq in found:
         t = dump.load_token(folder, ctx, pass_id, seq)
-        n = len(t.pos)
-        assert np.array_equal(t.pos, np.arange(n)), "the sequence's own cells, positions 0..n-1"
-        b = budget_of(t.manifest)
-        B = common.budget_cells(b, n)
-        np.testing.assert_allclose(t.score.astype(np.float64).sum(axis=2), G * n, rtol=2e-4)
-        if seq in prev:
-            m = prev[seq].after.shape[2]
-            assert np.array_equal(t.before[:, :, :m], prev[seq].after)
-        L, H, _ = t.after.shape
-        for layer in range(L):
-            for h in range(H):
-                want = common.select(P, b, SINK, B, t.pos, t.score[layer, h], t.before[layer, h])
-                assert np.array_equal(want, t.after[layer, h]), (seq, pass_id, layer, h)
-                assert (~t.after[layer, h]).sum() == B
+        check_token_pass(P, t, prev.get(seq))
+        np.testing.assert_allclose(t.score.astype(np.float64).sum(axis=2), G * len(t.pos), rtol=2e-4)
         prev[seq] = t
     assert sorted(len(p.pos) for p in prev.values()) == [256] * 4  # each sequence reached its last pass
 

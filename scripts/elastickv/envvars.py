@@ -223,9 +223,11 @@ def budget_text(kept: float) -> str:
     return f"{kept:.6f}".rstrip("0").rstrip(".") if kept < 1 else "1.0"
 
 
-def matched_env(policy: str, kept: float, elastickv_scales: dict, **settings: object) -> dict[str, str]:
+def matched_env(policy: str | None, kept: float | None, elastickv_scales: dict, **settings: object) -> dict[str, str]:
     """ELASTICKV_* variables for ``policy`` at a target kept fraction: ElasticKV takes scale_k = scale_v =
-    ``elastickv_scales[kept]`` (it has no budget), every baseline ELASTICKV_BUDGET = kept."""
+    ``elastickv_scales[kept]`` (it has no budget), every baseline ELASTICKV_BUDGET = kept; None: the hook off."""
+    if policy is None:
+        return {}
     if policy == "elastickv":
         scale = elastickv_scales.get(kept)
         if scale is None:

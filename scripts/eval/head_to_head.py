@@ -53,8 +53,8 @@ DEFAULTS = {
 
 
 def settings(cfg: dict, model: str, policy: str | None, kept: float | None) -> ppl.PplSettings:
-    hook = {} if policy is None else envvars.matched_env(policy, kept, cfg["elastickv_scales"], sink=cfg["sink"],
-                                                         evict_every=cfg["evict_every"])
+    hook = envvars.matched_env(policy, kept, cfg["elastickv_scales"], sink=cfg["sink"],
+                           evict_every=cfg["evict_every"])
     return ppl.PplSettings(model=model, data=paths.relative(paths.WIKITEXT_TEST), ctx=cfg["ctx"],
                            batch=cfg["evict_every"], chunks=int(cfg["chunks"][model]), flash_attn=cfg["flash_attn"],
                            threads=cfg["threads"], variant=cfg["variant"], hook=hook)

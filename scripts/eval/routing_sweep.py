@@ -119,8 +119,8 @@ def last_pass_metrics(folder: Path, policy: str, n_prompt: int, ans: list[int], 
 def run_one(cfg: dict, tok: f5_niah.Tokenizer, item: dict, policy: str | None, kept: float | None,
             n_prompt: int, ans: list[int], out_dir: Path, items_file: Path) -> dict:
     name = f"{item['id']}-{'baseline' if policy is None else f'{policy}-{kept:g}'}"
-    env = {} if policy is None else envvars.matched_env(policy, kept, cfg["elastickv_scales"], sink=cfg["sink"],
-                                                        evict_every=cfg["evict_every"])
+    env = envvars.matched_env(policy, kept, cfg["elastickv_scales"], sink=cfg["sink"],
+                          evict_every=cfg["evict_every"])
     settings = {"script": SCRIPT, "model": cfg["model"], "item": item["id"], "policy": policy, "kept": kept,
                 "hook": env, **{k: cfg[k] for k in ("seed", "n_per_task", "target_words", "sink", "evict_every",
                                                     "flash_attn", "n_predict", "threads", "variant",
