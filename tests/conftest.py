@@ -14,6 +14,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
 sys.path.insert(0, str(ROOT / "tests"))
 
+# the session fails if any test wrote to, changed or removed a file of results/ (tests/archive_guard.py)
+from archive_guard import pytest_sessionfinish, pytest_sessionstart, pytest_terminal_summary  # noqa: E402,F401
 
 
 @pytest.fixture(scope="session")

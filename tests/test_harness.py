@@ -35,7 +35,11 @@ def test_quickstart_table_resume_and_refusal(tmp_path, model_path):
         rec = json.loads((out / row["record"]).read_text())
         results.validate(rec)
         assert rec["metrics"]["ppl"] == row["ppl"]
-    assert "resident" in (out / "table.md").read_text()
+    md = (out / "table.md").read_text()
+    assert "resident" in md
+    # the footer states what ran: one chunk of 512 tokens, whose second half less one token (255) is scored
+    assert table["meta"]["chunks"] == 1 and table["meta"]["tokens_scored"] == 255
+    assert "1 chunk run, 255 tokens scored" in md
 
     # an interrupted or repeated run reuses finished rows
     stamp = {p.name: p.stat().st_mtime_ns for p in out.glob("*.log")}

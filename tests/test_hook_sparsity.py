@@ -4,9 +4,12 @@
 For each configuration (f16 with flash attention on, transposed V with it off, q8_0/q4_0/q5_0/bf16/f32
 caches, incremental mode) one chunk of WikiText-2 runs through llama-perplexity with ELASTICKV_STATS
 and ELASTICKV_DUMP. For every pass, layer, K/V and head:
-  * the reference rule (tau = scale * mean|x| over the non-sink cells of the sequence) applied to the
-    "before" dump gives exactly the "after" dump, and never touches sink cells;
-  * the counts and the survivor histogram the hook reports equal the ones computed from the dump.
+  * the cells the pass listed are exactly the cache's own occupied cells of the sequence (llama.cpp's cell
+    table, dumped beside them), positions 0..pos_max;
+  * the reference rule applied to the "before" dump gives exactly the "after" dump, and never touches sink
+    cells. Full mode: tau = scale * mean|x| over the non-sink cells. Incremental mode: only the cells written
+    since the last pass, with a running S and N the reference carries itself from pass to pass;
+  * S, N, tau, the counts and the survivor histogram the hook reports equal the ones computed from the dump.
 To add a configuration, add a row to CONFIGS.
 """
 
@@ -45,8 +48,24 @@ def run_with_dump(llama, tmp_path, flags, extra, env_extra=None):
     return r, configs, heads, dump_dir
 
 
+def check_cells_cover_the_sequence(dump_dir, ctx, p, d, seq=0):
+    """The cells a pass listed are exactly the cache's own occupied cells of the sequence (the cell table the
+    hook reads from llama.cpp's cell metadata, over every cell index), at positions 0..pos_max, each once."""
+    table = dump.kv_cells(dump_dir, ctx, p)
+    owned = dump.owned_cells(table, seq)
+    pos_max = next(s["pos_max"] for s in d.manifest["seqs"] if s["seq"] == seq)
+    assert np.array_equal(owned[:, 2], np.arange(pos_max + 1)), "the cache does not hold positions 0..pos_max"
+    for kind, cells in d.cells.items():
+        listed = {(int(a), int(b)): int(c) for a, b, c in cells[:, :3]}
+        assert len(listed) == len(cells), f"{kind}: a cell listed twice"
+        assert listed == {(int(a), int(b)): int(c) for a, b, c in owned}, f"pass {p} {kind}: cells missed or extra"
+
+
 @pytest.mark.parametrize("name, flags, extra", CONFIGS, ids=[c[0] for c in CONFIGS])
 def test_pass_equals_reference_on_its_dump(llama, tmp_path, name, flags, extra):
+    """Every pass, layer, K/V and head: full mode re-thresholds the non-sink cells with their own mean; incremental
+    mode thresholds the new cells only, with a running S and N that the reference carries itself from the
+    "before" dumps (never read from the hook). Cells are chosen by position, never by the hook's flags."""
     env_extra = {"LLAMA_ATTN_ROT_DISABLE": "1"} if name.endswith("-plain") else None
     r, configs, heads, dump_dir = run_with_dump(llama, tmp_path, flags, extra, env_extra)
     assert len(configs) == 1
@@ -59,41 +78,54 @@ def test_pass_equals_reference_on_its_dump(llama, tmp_path, name, flags, extra):
     by_key = {(h["pass"], h["layer"], h["kv"], h["head"]): h for h in heads}
     passes = dump.passes(dump_dir)
     assert [p for _, p in passes] == [0, 1, 2]  # -c 256, WARM 128, EVICT_EVERY 64: positions 127, 191, 255
+    running = {}  # (layer, kind) -> (S, N) per head: the reference's own running statistic
     n_checked = 0
+    prev_pos_max = -1
     for ctx, p in passes:
         d = dump.load(dump_dir, ctx, p)
-        assert d.manifest["seqs"][0]["pos_max"] == 127 + 64 * p
+        pos_max = d.manifest["seqs"][0]["pos_max"]
+        assert pos_max == 127 + 64 * p
         assert len(d.layers) == 30
+        check_cells_cover_the_sequence(dump_dir, ctx, p, d)
         for kind, scale in (("k", 0.45), ("v", 0.50)):
             cells = d.cells[kind]
             pos, code = cells[:, 2], cells[:, 3]
-            process = (code & ref.PROCESS) != 0
-            assert np.array_equal(process & (pos < SINK), np.zeros_like(process)), "a sink cell was thresholded"
-            if not incremental:
-                assert np.array_equal(process, pos >= SINK)
+            # what the pass must threshold: every non-sink cell (full), or those written since the last pass
+            process = (pos >= SINK) & ((pos > prev_pos_max) if incremental else True)
+            assert np.array_equal((code & ref.PROCESS) != 0, process), f"pass {p} {kind}: the hook's PROCESS cells"
             groups = code & ref.GROUP_MASK
             for il in d.layers:
                 before = d.values(il, kind, "before")
                 after = d.values(il, kind, "after")
                 assert before.shape == (len(cells), 3, 64)
                 if incremental:
-                    continue  # tau also depends on earlier passes: checked by test_incremental_mode
-                mask = ref.threshold_dump(before, groups, process, scale)
+                    s, n = running.get((il, kind), (np.zeros(3), np.zeros(3)))
+                    mask, s, n, tau = ref.threshold_dump_incremental(before, process, s, n, scale)
+                    running[(il, kind)] = (s, n)
+                else:
+                    mask = ref.threshold_dump(before, groups, process, scale)
+                    ax = np.abs(before[process]).astype(np.float64)
+                    s, n = ax.sum(axis=(0, 2)), np.full(3, process.sum() * 64.0)
+                    tau = np.float64(np.float32(scale)) * s / n
                 assert np.array_equal(np.where(mask, 0.0, before), after), f"pass {p} layer {il} {kind}"
                 nz = after != 0
                 for h in range(3):
                     rec = by_key[(p, il, kind, h)]
+                    assert rec["S"] == pytest.approx(s[h], rel=1e-12) and rec["N"] == n[h], (p, il, kind, h)
+                    assert rec["tau"] == pytest.approx(tau[h], rel=1e-8)  # printed with 9 digits
                     assert rec["n"] == process.sum() * 64
                     assert rec["nnz"] == nz[process, h].sum()
                     assert rec["n_obs"] == len(cells) * 64
                     assert rec["nnz_obs"] == nz[:, h].sum()
-                    blocks = nz[process, h].reshape(-1, 2, 32).sum(axis=2).ravel()
+                    # survivors per block over the whole thresholded region (in incremental mode: old cells too)
+                    blocks = nz[pos >= SINK, h].reshape(-1, 2, 32).sum(axis=2).ravel()
                     assert rec["hist"] == np.bincount(blocks, minlength=33).tolist()
                     n_checked += 1
-    assert incremental or n_checked == 3 * 2 * 30 * 3
+        prev_pos_max = pos_max
+    assert n_checked == 3 * 2 * 30 * 3
 
     summary = stats.summarize(heads)
-    if not incremental and not name.startswith("q4_0"):
+    if not name.startswith("q4_0"):
         # SPEC §1 expects ~33 % of the thresholded entries at sweet; 4-bit codes cluster around 0 differently
         assert 0.20 < summary["sparsity_k_region"] < 0.45, summary["sparsity_k_region"]
         assert 0.20 < summary["sparsity_v_region"] < 0.45, summary["sparsity_v_region"]
@@ -111,21 +143,21 @@ def test_sparsity_reported_per_layer_and_head(llama, tmp_path):
     assert len({round(h["sparsity"], 4) for h in per_head}) > 30  # a real per-head measurement, not one number
 
 
-def test_incremental_mode_thresholds_each_cell_once(llama, tmp_path):
+def test_incremental_mode_keeps_earlier_zeros(llama, tmp_path):
+    """Cells thresholded once are never touched again: the "after" of a pass is the "before" of the next for
+    them, in every layer and for K and V (the reference check above also requires after == before there)."""
     _, _, heads, dump_dir = run_with_dump(llama, tmp_path, ["-fa", "on"], {"ELASTICKV_MODE": "incremental"})
     n_per_pass = defaultdict(set)
     for h in heads:
         n_per_pass[(h["pass"], h["kv"])].add(h["n"])
     # pass 0 thresholds cells 64..127, then 64 new cells per pass
-    assert n_per_pass[(0, "k")] == {64 * 64} and n_per_pass[(1, "k")] == {64 * 64} and n_per_pass[(2, "v")] == {64 * 64}
-    # cells thresholded once keep their zeros: the "after" of pass 0 is the "before" of pass 1 for those cells
-    d0, d1 = dump.load(dump_dir, 0, 0), dump.load(dump_dir, 0, 1)
-    after0 = d0.values(5, "k", "after")
-    before1 = d1.values(5, "k", "before")
-    idx0 = {c: i for i, c in enumerate(d0.cells["k"][:, 1])}
-    for i, c in enumerate(d1.cells["k"][:, 1]):
-        if c in idx0:
-            assert np.array_equal(before1[i], after0[idx0[c]])
-    # running statistic: N grows by the new cells at each pass
-    rec = {(h["pass"], h["layer"], h["kv"], h["head"]): h for h in heads}
-    assert rec[(1, 5, "k", 0)]["N"] == 2 * 64 * 64 and rec[(2, 5, "k", 0)]["N"] == 3 * 64 * 64
+    assert all(n_per_pass[(p, kv)] == {64 * 64} for p in range(3) for kv in ("k", "v"))
+    passes = [dump.load(dump_dir, *key) for key in dump.passes(dump_dir)]
+    for d0, d1 in zip(passes, passes[1:]):
+        for kind in ("k", "v"):
+            idx0 = {c: i for i, c in enumerate(d0.cells[kind][:, 1])}
+            pairs = [(idx0[c], i) for i, c in enumerate(d1.cells[kind][:, 1]) if c in idx0]
+            assert len(pairs) == len(d0.cells[kind])
+            a, b = np.array(pairs).T
+            for il in d0.layers:
+                assert np.array_equal(d1.values(il, kind, "before")[b], d0.values(il, kind, "after")[a])

@@ -246,21 +246,26 @@ def test_jsonable_replaces_non_finite():
 # the scripts end to end on two layers of the real SmolLM2 dump
 
 
+#: the dump's run record goes here, never to results/dumps (the archive the tests must leave untouched); it is
+#: kept between sessions so that a dump in build/cache/dumps is reused with its record
+RECORDS = paths.BUILD / "test-tmp" / "kvdump-records"
+
+
 @pytest.fixture(scope="module")
 def real_dump(model_path):
-    folder, record = kvdump.ensure(MODEL, 2048)
+    folder, record = kvdump.ensure(MODEL, 2048, records=RECORDS)
     return folder, record
 
 
 def run_script(name, tmp_path, *extra):
     out = tmp_path / f"{name}.json"
     cmd = [PY, f"scripts/analysis/{name}.py", "--set", f"models=[{MODEL}]", "--set", "layers=[0,1]",
-           "--set", f"output={out}", *extra]
+           "--set", f"output={out}", "--dumps", str(RECORDS), *extra]
     r = subprocess.run(cmd, cwd=paths.ROOT, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr[-3000:]
     agg = json.loads(out.read_text())
     results.validate_aggregate(agg)
-    assert agg["sources"] == [f"results/dumps/{MODEL}-c2048.json"]
+    assert agg["sources"] == [paths.relative(RECORDS / f"{MODEL}-c2048.json")]
     assert agg["config"]["layers"] == [0, 1] and agg["notes"]
     return agg["data"]["models"][MODEL], out, cmd
 
@@ -340,6 +345,6 @@ def test_eviction_replay_script(real_dump, tmp_path):
 
 def test_bad_layer_is_a_clear_error(real_dump, tmp_path):
     r = subprocess.run([PY, "scripts/analysis/tau_band_energy.py", "--set", f"models=[{MODEL}]", "--set",
-                        "layers=[99]", "--set", f"output={tmp_path / 'x.json'}"], cwd=paths.ROOT,
+                        "layers=[99]", "--set", f"output={tmp_path / 'x.json'}", "--dumps", str(RECORDS)], cwd=paths.ROOT,
                        capture_output=True, text=True)
     assert r.returncode == 1 and "layers [99] are not in the dump" in r.stderr and "Traceback" not in r.stderr

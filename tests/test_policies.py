@@ -6,6 +6,13 @@
   of one chunk of WikiText-2 (-c 512, -b = -ub = 64, -fa off), the reference selection applied to the
   dumped scores and evicted flags before the pass gives exactly the flags after it; the flags carry over
   from pass to pass; sinks and the recent window are never evicted; each head keeps exactly its budget.
+  The reference's settings (budget, recent window, heavy ratio, seed, pyramid beta) come from the
+  ELASTICKV_* variables the test set, read by the Python mirror of the variable table, never from what the
+  hook wrote; the hook's own reading must equal them. The cells a pass handles must be exactly the cache's
+  own occupied cells of the sequence (llama.cpp's cell table, dumped beside them), at positions 0..pos_max.
+* Scores are attention: the H2O and ScissorHands scores the hook accumulated in the graph equal the scores
+  recomputed in numpy from the dumped queries (Q after RoPE) and keys, with the causal mask and the
+  evictions of the earlier passes, for every layer and pass.
 * Exact eviction: an evicted cell receives no attention afterwards (its accumulated H2O score is frozen
   bit for bit), and every query distributes exactly one unit of attention per query head (the H2O scores
   of a head sum to G x the queries so far, G query heads per KV head).
@@ -25,7 +32,7 @@ import re
 import numpy as np
 import pytest
 
-from elastickv import dump, paths, policies
+from elastickv import dump, envvars, paths, policies
 from elastickv.policies import common
 
 SINK = 4
@@ -40,9 +47,13 @@ TOKEN_CASES = [
 ]
 
 
-def budget_of(m: dict) -> common.Budget:
-    return common.Budget(fraction=m["fraction"], cells=m["cells"], recent=m["recent"], heavy_ratio=m["heavy_ratio"],
-                         seed=m["seed"], beta=m["beta"])
+def budget_from_env(env: dict[str, str]) -> common.Budget:
+    """The budget settings of the ELASTICKV_* variables a test set, as the Python mirror of the variable table
+    reads them (defaults included): the reference never takes them from the hook's own output."""
+    r = envvars.resolve(env)
+    b = common.parse_budget(env["ELASTICKV_BUDGET"])
+    return common.Budget(fraction=b.fraction, cells=b.cells, recent=-1 if r["recent"] == "auto" else r["recent"],
+                         heavy_ratio=r["heavy_ratio"], seed=r["seed"], beta=r["pyramid_beta"])
 
 
 def run_dumped(llama, tmp_path, policy, extra, chunks=1):
@@ -51,18 +62,23 @@ def run_dumped(llama, tmp_path, policy, extra, chunks=1):
            "ELASTICKV_DUMP": str(folder)} | extra
     r = llama.perplexity(["-fa", "off"], env=env, chunks=chunks)
     assert r.rc == 0, r.log[-3000:]
-    return r, folder
+    return r, folder, env
 
 
-def check_token_pass(P, t: dump.TokenPass, prev: dump.TokenPass | None) -> None:
-    """One pass of one sequence against the numpy definition: its cells are positions 0..n-1 in order, the
-    flags carry over from its previous pass (new cells start un-evicted), and for every layer and KV head the
-    reference selection on the dumped scores and flags gives exactly the flags after the pass, never evicts a
-    sink or the newest cell, and keeps exactly the layer's budget."""
+def check_token_pass(P, b: common.Budget, folder, key, t: dump.TokenPass, prev: dump.TokenPass | None) -> None:
+    """One pass of one sequence against the numpy definition, with the settings ``b`` the test set: the hook read
+    them as set; its cells are exactly the cache's own occupied cells of the sequence, positions 0..n-1 in
+    order; the flags carry over from its previous pass (new cells start un-evicted), and for every layer and KV
+    head the reference selection on the dumped scores and flags gives exactly the flags after the pass, never
+    evicts a sink or the newest cell, and keeps exactly the layer's budget."""
     m = t.manifest
-    b = budget_of(m)
+    hook_read = (m["fraction"], m["cells"], m["recent"], m["heavy_ratio"], m["seed"], m["beta"])
+    assert hook_read == (b.fraction, b.cells, b.recent, b.heavy_ratio, b.seed, b.beta), "the hook misread a variable"
     n = len(t.pos)
     assert np.array_equal(t.pos, np.arange(n)), "the sequence's own cells, positions 0..n-1 in order"
+    ctx, pass_id, seq = key
+    owned = dump.owned_cells(dump.kv_cells(folder, ctx, pass_id), seq)
+    assert np.array_equal(t.cells[:, :3], owned), "the pass missed or added cells of the sequence"
     B = common.budget_cells(b, n)
     assert B == m["budget"]
     L, H, _ = t.after.shape
@@ -85,15 +101,17 @@ def check_token_pass(P, t: dump.TokenPass, prev: dump.TokenPass | None) -> None:
 
 @pytest.mark.parametrize("policy, extra", TOKEN_CASES, ids=[f"{p}-{e['ELASTICKV_BUDGET']}" for p, e in TOKEN_CASES])
 def test_token_policy_kept_set_equals_reference(llama, tmp_path, policy, extra):
-    r, folder = run_dumped(llama, tmp_path, policy, extra)
+    r, folder, env = run_dumped(llama, tmp_path, policy, extra)
     P = policies.policy(policy)
+    b = budget_from_env(env)
     found = dump.token_passes(folder)
     assert len(found) == 7  # passes at pos_max 127, 191, ..., 511 (WARM 128, EVICT_EVERY 64)
     prev = None
-    for key in found:
+    for i, key in enumerate(found):
         t = dump.load_token(folder, *key)
         assert t.manifest["policy"] == policy
-        check_token_pass(P, t, prev)
+        assert len(t.pos) == 128 + 64 * i  # the whole sequence so far
+        check_token_pass(P, b, folder, key, t, prev)
         prev = t
     # something was evicted, and the run's kept fraction is the budget
     assert prev.after.any()
@@ -117,12 +135,15 @@ def test_token_policy_per_sequence(llama, tmp_path, unified):
     assert "n_seq=4" in r.log
     G = n_query_heads_per_kv_head(r.log)
     P = policies.policy("h2o")
+    b = budget_from_env(env)
     found = dump.token_passes(folder)
     assert {seq for _, _, seq in found} == {0, 1, 2, 3}
     prev = {}
     for ctx, pass_id, seq in found:
         t = dump.load_token(folder, ctx, pass_id, seq)
-        check_token_pass(P, t, prev.get(seq))
+        # each sequence's passes at its positions 127, 191, 255
+        assert len(t.pos) == (len(prev[seq].pos) + 64 if seq in prev else 128)
+        check_token_pass(P, b, folder, (ctx, pass_id, seq), t, prev.get(seq))
         np.testing.assert_allclose(t.score.astype(np.float64).sum(axis=2), G * len(t.pos), rtol=2e-4)
         prev[seq] = t
     assert sorted(len(p.pos) for p in prev.values()) == [256] * 4  # each sequence reached its last pass
@@ -135,7 +156,7 @@ def n_query_heads_per_kv_head(log: str) -> int:
 
 
 def test_h2o_eviction_is_exact_and_scores_are_attention(llama, tmp_path):
-    r, folder = run_dumped(llama, tmp_path, "h2o", {"ELASTICKV_BUDGET": "0.3"})
+    r, folder, _ = run_dumped(llama, tmp_path, "h2o", {"ELASTICKV_BUDGET": "0.3"})
     G = n_query_heads_per_kv_head(r.log)
     assert G > 1  # SmolLM2-135M: 9 query heads over 3 KV heads, so the grouping matters
     prev = None
@@ -154,8 +175,58 @@ def test_h2o_eviction_is_exact_and_scores_are_attention(llama, tmp_path):
         prev = t
 
 
+@pytest.mark.parametrize("policy", ["h2o", "scissorhands"])
+def test_scores_equal_attention_recomputed_from_queries_and_keys(llama, tmp_path, policy):
+    """The scores the hook accumulated in the graph, at every pass and in every layer, equal the scores the numpy
+    definition (policies.common.scores_of_queries) computes from the dumped queries and keys: for each ubatch
+    since the cell was written (H2O) or since the last pass (ScissorHands), its queries against the keys at
+    positions up to their own, with the cells evicted by the earlier passes out of the softmax.
+
+    The queries are rounded to f16 as the KQ product of an f16 cache reads them (ggml multiplies an f16 K by Q
+    converted to f16); the rest is float64 here and float32 in the graph, so the sums agree to 1e-3 of one
+    query's attention (measured: 4e-5 at most). A count may differ only where a recomputed probability lies
+    within 0.1 % of the 1/n_kv threshold."""
+    r, folder, _ = run_dumped(llama, tmp_path, policy, {"ELASTICKV_BUDGET": "0.4"})
+    P = policies.policy(policy)
+    ubatches = [dump.load_ubatch(folder, *key) for key in dump.ubatches(folder)]
+    assert [u.manifest["passes_before"] for u in ubatches] == [0, 0, 1, 2, 3, 4, 5, 6]  # 8 ubatches of 64
+    found = dump.token_passes(folder)
+    tps = [dump.load_token(folder, *key) for key in found]
+    assert all(u.manifest["n_stream"] == 1 and set(u.manifest["seq"]) == {0} for u in ubatches)
+    layers = ubatches[0].manifest["layers"]
+    assert len(layers) == 30
+    n_checked = 0
+    for li, layer in enumerate(layers):
+        for p, (key, t) in enumerate(zip(found, tps)):
+            k = dump.token_keys(folder, *key, layer)
+            want = np.zeros(t.score.shape[1:])
+            lo, hi = want.copy(), want.copy()
+            for u in ubatches:
+                before = u.manifest["passes_before"]
+                if before > p or (P.reset_score and before != p):
+                    continue  # after this pass, or (ScissorHands) before the last reset
+                evicted = np.zeros(want.shape, dtype=bool)  # as the bias stood during the ubatch
+                if before > 0:
+                    prev = tps[before - 1].after[li]
+                    evicted[:, :prev.shape[1]] = prev
+                q = u.q(layer)[0].astype(np.float16)
+                args = (q, u.pos, k, t.pos, evicted, u.manifest["kq_scale"], u.manifest["n_kv"])
+                want += common.scores_of_queries(P.score, *args)
+                if P.score == "count":
+                    lo += common.scores_of_queries(P.score, *args, rel_margin=1e-3)
+                    hi += common.scores_of_queries(P.score, *args, rel_margin=-1e-3)
+            got = t.score[li].astype(np.float64)
+            if P.score == "attn":
+                np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-3, err_msg=f"layer {layer} pass {p}")
+            else:
+                assert np.all((lo <= got) & (got <= hi)), (layer, p, np.abs(got - want).max())
+                assert (hi - lo).sum() <= 0.01 * want.sum()  # few probabilities lie that close to the threshold
+            n_checked += 1
+    assert n_checked == 30 * 7
+
+
 def test_scissorhands_scores_are_counts_over_the_window(llama, tmp_path):
-    r, folder = run_dumped(llama, tmp_path, "scissorhands", {"ELASTICKV_BUDGET": "0.5"})
+    r, folder, _ = run_dumped(llama, tmp_path, "scissorhands", {"ELASTICKV_BUDGET": "0.5"})
     G = n_query_heads_per_kv_head(r.log)
     for key in dump.token_passes(folder)[1:]:  # the first pass sums the warm-up (128 queries)
         t = dump.load_token(folder, *key)
@@ -167,19 +238,25 @@ def test_scissorhands_scores_are_counts_over_the_window(llama, tmp_path):
 
 @pytest.mark.parametrize("policy, budget", [("random_entries", "0.6"), ("topk_entries", "0.5")])
 def test_element_policy_equals_reference(llama, tmp_path, policy, budget):
-    r, folder = run_dumped(llama, tmp_path, policy, {"ELASTICKV_BUDGET": budget})
-    b = common.parse_budget(budget)
-    b = common.Budget(fraction=b.fraction, seed=42)
+    r, folder, env = run_dumped(llama, tmp_path, policy, {"ELASTICKV_BUDGET": budget})
+    b = budget_from_env(env)
     found = dump.passes(folder)
     assert len(found) == 7
     zeroed = 0
+    prev_pos_max = -1
     for ctx, pass_id in found:
         p = dump.load(folder, ctx, pass_id)
         assert p.manifest["policy"] == policy
+        assert (p.manifest["fraction"], p.manifest["seed"]) == (b.fraction, b.seed), "the hook misread a variable"
+        pos_max = p.manifest["seqs"][0]["pos_max"]
+        owned = dump.owned_cells(dump.kv_cells(folder, ctx, pass_id), 0)
+        assert np.array_equal(owned[:, 2], np.arange(pos_max + 1))
         for kind_i, kind in enumerate(("k", "v")):
             cells = p.cells[kind]
-            proc = (cells[:, 3] & (1 << 16)) != 0  # GGML_KV_SPARSIFY_PROCESS: new cells outside the sinks
-            assert not proc[cells[:, 2] < SINK].any()
+            assert sorted(map(tuple, cells[:, :3].tolist())) == sorted(map(tuple, owned.tolist())), "cells missed"
+            # each cell once: the cells written since the last pass, outside the sinks (chosen by position here)
+            proc = (cells[:, 3] & (1 << 16)) != 0  # GGML_KV_SPARSIFY_PROCESS
+            assert np.array_equal(proc, (cells[:, 2] >= SINK) & (cells[:, 2] > prev_pos_max))
             for li, layer in enumerate(p.layers):
                 before = p.values(layer, kind, "before")
                 after = p.values(layer, kind, "after")
@@ -191,6 +268,7 @@ def test_element_policy_equals_reference(llama, tmp_path, policy, budget):
                         want[proc] = policies.topk_entries.apply(b, before[proc])
                 np.testing.assert_array_equal(after, want, err_msg=f"pass {pass_id} layer {layer} {kind}")
                 zeroed += int((after == 0).sum() - (before == 0).sum())
+        prev_pos_max = pos_max
     assert zeroed > 0
 
 

@@ -1,23 +1,26 @@
 # SPDX-License-Identifier: Apache-2.0
 """Every JSON file in results/ follows a documented schema (results/SCHEMA.md): run records
-(scripts/elastickv/run.schema.json), aggregates (scripts/elastickv/aggregate.schema.json), or one of the
-intermediate files SCHEMA.md lists. Files they name exist; no absolute path of a machine is recorded."""
+(scripts/elastickv/run.schema.json and the schema of their kind), aggregates (aggregate.schema.json and the
+schema of the script that wrote them), or one of the intermediate files SCHEMA.md lists (schemas/intermediate.*).
+Files they name exist; no absolute path of a machine is recorded. That the schemas reject broken files is
+tests/test_results_schema_negative.py; that the numbers equal what the raw logs say, tests/test_results_reparse.py."""
 
 from __future__ import annotations
 
+import datetime as dt
 import fnmatch
 import json
 
 import pytest
 
-from elastickv import models, paths, results
+from elastickv import models, paths, results, schema
 
 ALL_JSON = sorted(paths.RESULTS.rglob("*.json"))
 
-#: intermediate files (documented in results/SCHEMA.md), checked for required keys only
+#: intermediate files (documented in results/SCHEMA.md) and their schemas
 INTERMEDIATE = {
-    "quickstart/*/table.json": ("meta", "rows"),
-    "throughput/runs/*.json": ("kind", "size", "round", "variant", "env", "command", "row", "log"),
+    "quickstart/*/table.json": schema.QUICKSTART_TABLE,
+    "throughput/runs/*.json": schema.THROUGHPUT_RUN,
 }
 
 
@@ -34,6 +37,22 @@ def kind_of(path) -> str:
     return "unknown"
 
 
+def recorded_paths(obj: dict, kind: str) -> list[str]:
+    """The file paths a result file records (all must be relative to the repository root in the archive)."""
+    if kind == "record":
+        out = [obj["log"], obj["build"]["tree"], obj["build"]["binary"], obj["model"]["file"], obj["command"][0]]
+        out += [obj["data"]["file"]] if obj["data"] else []
+        out += [p for p in (obj["elastickv"].get("stats"), obj["elastickv"].get("dump"), obj["metrics"].get("stats"))
+                if p]
+        out += [r["log"] for r in obj["metrics"].get("runs", [])]
+        return out
+    if kind == "aggregate":
+        return [*obj["sources"], obj["config"]["config_file"]]
+    if kind == "throughput/runs/*.json":
+        return [obj["log"], obj["command"][0]]
+    return [r["record"] for r in obj["rows"]] + [obj["meta"]["data"]]
+
+
 def test_there_are_records_and_aggregates():
     kinds = {kind_of(p) for p in ALL_JSON}
     assert {"record", "aggregate"} <= kinds
@@ -46,8 +65,12 @@ def test_result_file_follows_its_schema(path):
     obj = json.loads(text)
     kind = kind_of(path)
     assert kind != "unknown", f"{path.name}: not a record, an aggregate or a documented intermediate file"
+    absolute = [p for p in recorded_paths(obj, kind) if p.startswith(("/", "~")) or ".." in p.split("/")]
+    assert not absolute, f"paths not relative to the repository root: {absolute}"
     if kind == "record":
         results.validate(obj)
+        assert obj["name"] == path.stem, "a record's name is its file name"
+        assert dt.datetime.fromisoformat(obj["finished"]) >= dt.datetime.fromisoformat(obj["started"])
         assert (paths.ROOT / obj["log"]).exists(), f"raw log {obj['log']} is missing"
         stats = obj["metrics"].get("stats")
         if stats and stats.startswith("results/"):  # archived stats (others stay in build/cache; the record summarizes them)
@@ -58,7 +81,9 @@ def test_result_file_follows_its_schema(path):
             assert (paths.ROOT / src).exists(), f"source {src} is missing"
         assert (paths.ROOT / obj["config"]["config_file"]).exists()
     else:
-        assert all(k in obj for k in INTERMEDIATE[kind])
+        schema.validate(obj, INTERMEDIATE[kind])
+        if kind == "throughput/runs/*.json":
+            assert (paths.ROOT / obj["log"]).exists()
 
 
 def test_schemas_reject_broken_files():

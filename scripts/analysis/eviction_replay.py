@@ -78,8 +78,8 @@ def evicted_metrics(layer: ka.LayerKV, h: int, keep: np.ndarray, reg: np.ndarray
             "kept_tokens": int(keep.sum())}
 
 
-def analyse_model(cfg: dict, model: str) -> tuple[dict, Path]:
-    dp, source = ka.open_dump(model, cfg["ctx"])
+def analyse_model(cfg: dict, model: str, dumps: Path | None = None) -> tuple[dict, Path]:
+    dp, source = ka.open_dump(model, cfg["ctx"], dumps)
     layers = ka.select_layers(dp.layers, cfg["layers"])
     per = {m: {x: [] for x in METRICS} for m in METHODS}
     sums = {m: {"k_removed": 0.0, "v_removed": 0.0} for m in METHODS}
@@ -153,7 +153,7 @@ NOTES = ("SIMULATION on real K/V of one llama-perplexity pass over {ctx} tokens 
          "per query head; this replay is an approximation of them.")
 
 
-def run(cfg: dict, force: bool = False) -> dict:
+def run(cfg: dict, force: bool = False, dumps: Path | None = None) -> dict:
     """Replays the policies for every model of the config and writes the aggregate; returns it."""
     ka.check_common(cfg)
     if not 0 <= cfg["recent_fraction"] <= 1 or cfg["history"] < 1 or cfg["stride"] < 1:
@@ -163,7 +163,7 @@ def run(cfg: dict, force: bool = False) -> dict:
     data, sources, timing = {"models": {}}, [], {}
     for model in cfg["models"]:
         t0 = time.time()
-        data["models"][model], src = analyse_model(cfg, model)
+        data["models"][model], src = analyse_model(cfg, model, dumps)
         timing[model] = round(time.time() - t0, 1)
         sources.append(src)
     data["seconds"] = timing
@@ -189,10 +189,11 @@ def markdown(agg: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_arguments(ap, "supp_eviction_replay")
+    ka.add_dump_argument(ap)
     args = ap.parse_args()
     try:
         cfg = config.load(args.config, DEFAULTS, args.overrides)
-        agg = run(cfg, force=args.force)
+        agg = run(cfg, force=args.force, dumps=args.dumps)
     except ka.USER_ERRORS as e:
         print(f"eviction_replay: {e}", file=sys.stderr)
         return 1

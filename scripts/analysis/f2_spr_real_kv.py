@@ -67,8 +67,8 @@ def row_metrics(rows: np.ndarray, top_fraction: float, block: int) -> dict:
             "block_nnz": ka.block_survivors(rows, block).mean(axis=1)}
 
 
-def analyse_model(cfg: dict, model: str) -> tuple[dict, Path]:
-    dp, source = ka.open_dump(model, cfg["ctx"])
+def analyse_model(cfg: dict, model: str, dumps: Path | None = None) -> tuple[dict, Path]:
+    dp, source = ka.open_dump(model, cfg["ctx"], dumps)
     man = dp.manifest
     for key in ("scale_k", "scale_v"):
         if abs(man[key] - cfg[key]) > 1e-6:
@@ -131,7 +131,7 @@ NOTES = ("Real K/V of one llama-perplexity pass over {ctx} tokens of WikiText-2 
          "the model's attention.")
 
 
-def run(cfg: dict, force: bool = False) -> dict:
+def run(cfg: dict, force: bool = False, dumps: Path | None = None) -> dict:
     """Computes the table for every model of the config and writes the aggregate; returns it."""
     ka.check_common(cfg)
     if not 0 < cfg["top_fraction"] <= 1 or cfg["block"] < 1:
@@ -139,7 +139,7 @@ def run(cfg: dict, force: bool = False) -> dict:
     data, sources, timing = {"models": {}}, [], {}
     for model in cfg["models"]:
         t0 = time.time()
-        data["models"][model], src = analyse_model(cfg, model)
+        data["models"][model], src = analyse_model(cfg, model, dumps)
         timing[model] = round(time.time() - t0, 1)
         sources.append(src)
     data["seconds"] = timing
@@ -168,10 +168,11 @@ def markdown(agg: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_arguments(ap, "table13_selectivity")
+    ka.add_dump_argument(ap)
     args = ap.parse_args()
     try:
         cfg = config.load(args.config, DEFAULTS, args.overrides)
-        agg = run(cfg, force=args.force)
+        agg = run(cfg, force=args.force, dumps=args.dumps)
     except ka.USER_ERRORS as e:
         print(f"f2_spr_real_kv: {e}", file=sys.stderr)
         return 1

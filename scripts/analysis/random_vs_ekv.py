@@ -89,8 +89,8 @@ def ratio_summary(ekv: np.ndarray, rnd: np.ndarray, boot: dict, rng_seed: list[i
     return out
 
 
-def analyse_model(cfg: dict, model: str) -> tuple[dict, Path]:
-    dp, source = ka.open_dump(model, cfg["ctx"])
+def analyse_model(cfg: dict, model: str, dumps: Path | None = None) -> tuple[dict, Path]:
+    dp, source = ka.open_dump(model, cfg["ctx"], dumps)
     layers = ka.select_layers(dp.layers, cfg["layers"])
     presets = list(cfg["presets"].items())
     n_seed = len(cfg["seeds"])
@@ -156,7 +156,7 @@ NOTES = ("Real K/V of one llama-perplexity pass over {ctx} tokens of WikiText-2 
          "numbers show; see data.")
 
 
-def run(cfg: dict, force: bool = False) -> dict:
+def run(cfg: dict, force: bool = False, dumps: Path | None = None) -> dict:
     """Computes the table for every model of the config and writes the aggregate; returns it."""
     ka.check_common(cfg)
     if not cfg["presets"] or not cfg["seeds"] or not 0 < cfg["n_queries"] < cfg["ctx"] - cfg["sink"]:
@@ -164,7 +164,7 @@ def run(cfg: dict, force: bool = False) -> dict:
     data, sources, timing = {"models": {}}, [], {}
     for model in cfg["models"]:
         t0 = time.time()
-        data["models"][model], src = analyse_model(cfg, model)
+        data["models"][model], src = analyse_model(cfg, model, dumps)
         timing[model] = round(time.time() - t0, 1)
         sources.append(src)
     data["seconds"] = timing
@@ -193,10 +193,11 @@ def markdown(agg: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_arguments(ap, "table11_random_vs_ekv")
+    ka.add_dump_argument(ap)
     args = ap.parse_args()
     try:
         cfg = config.load(args.config, DEFAULTS, args.overrides)
-        agg = run(cfg, force=args.force)
+        agg = run(cfg, force=args.force, dumps=args.dumps)
     except ka.USER_ERRORS as e:
         print(f"random_vs_ekv: {e}", file=sys.stderr)
         return 1

@@ -78,8 +78,8 @@ def unit_metrics(layer: ka.LayerKV, h: int, kh: np.ndarray, vh: np.ndarray, reg:
             "topk_mass_delta": st["topk_mass"] - dense["topk_mass"], "out_rel_err": ka.rel_error(o, dense["out"])}
 
 
-def analyse_model(cfg: dict, model: str) -> tuple[dict, Path]:
-    dp, source = ka.open_dump(model, cfg["ctx"])
+def analyse_model(cfg: dict, model: str, dumps: Path | None = None) -> tuple[dict, Path]:
+    dp, source = ka.open_dump(model, cfg["ctx"], dumps)
     layers = ka.select_layers(dp.layers, cfg["layers"])
     pts = points(cfg)
     per = {(pt["label"], meth): {m: [] for m in METRICS} for pt in pts for meth in ("elastickv", "random")}
@@ -138,7 +138,7 @@ NOTES = ("SIMULATION on real K/V: the dumps (one llama-perplexity pass over {ctx
          "cache (sinks included); *_region over positions >= {sink}.")
 
 
-def run(cfg: dict, force: bool = False) -> dict:
+def run(cfg: dict, force: bool = False, dumps: Path | None = None) -> dict:
     """Computes the table for every model of the config and writes the aggregate; returns it."""
     ka.check_common(cfg)
     if not cfg["seeds"] or cfg["topk"] < 1 or not 0 < cfg["n_queries"] < cfg["ctx"] - cfg["sink"]:
@@ -146,7 +146,7 @@ def run(cfg: dict, force: bool = False) -> dict:
     data, sources, timing = {"models": {}}, [], {}
     for model in cfg["models"]:
         t0 = time.time()
-        data["models"][model], src = analyse_model(cfg, model)
+        data["models"][model], src = analyse_model(cfg, model, dumps)
         timing[model] = round(time.time() - t0, 1)
         sources.append(src)
     data["seconds"] = timing
@@ -179,10 +179,11 @@ def markdown(agg: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_arguments(ap, "table10_attention_haze")
+    ka.add_dump_argument(ap)
     args = ap.parse_args()
     try:
         cfg = config.load(args.config, DEFAULTS, args.overrides)
-        agg = run(cfg, force=args.force)
+        agg = run(cfg, force=args.force, dumps=args.dumps)
     except ka.USER_ERRORS as e:
         print(f"simulate_attention_haze: {e}", file=sys.stderr)
         return 1

@@ -60,8 +60,8 @@ def band_labels(e: np.ndarray) -> list[str]:
     return [f"[{a:g}, {'inf' if np.isinf(b) else f'{b:g}'})" for a, b in zip(e[:-1], e[1:])]
 
 
-def analyse_model(cfg: dict, model: str, edges: np.ndarray) -> tuple[dict, Path]:
-    dp, source = ka.open_dump(model, cfg["ctx"])
+def analyse_model(cfg: dict, model: str, edges: np.ndarray, dumps: Path | None = None) -> tuple[dict, Path]:
+    dp, source = ka.open_dump(model, cfg["ctx"], dumps)
     layers = ka.select_layers(dp.layers, cfg["layers"])
     nb = len(edges) - 1
     below = edges[1:] <= 1.0  # bands entirely below tau: what ElasticKV zeroes
@@ -100,7 +100,7 @@ NOTES = ("Real K/V of one llama-perplexity pass over {ctx} tokens of WikiText-2 
          "ElasticKV sets to 0 (its entries share is the region sparsity; its l2 share the L2 energy removed).")
 
 
-def run(cfg: dict, force: bool = False) -> dict:
+def run(cfg: dict, force: bool = False, dumps: Path | None = None) -> dict:
     """Computes the bands for every model of the config and writes the aggregate; returns it."""
     ka.check_common(cfg)
     edges = parse_edges(cfg["edges"])
@@ -109,7 +109,7 @@ def run(cfg: dict, force: bool = False) -> dict:
     sources, timing = [], {}
     for model in cfg["models"]:
         t0 = time.time()
-        data["models"][model], src = analyse_model(cfg, model, edges)
+        data["models"][model], src = analyse_model(cfg, model, edges, dumps)
         timing[model] = round(time.time() - t0, 1)
         sources.append(src)
     data["seconds"] = timing
@@ -134,10 +134,11 @@ def markdown(agg: dict) -> str:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_arguments(ap, "supp_tau_band_energy")
+    ka.add_dump_argument(ap)
     args = ap.parse_args()
     try:
         cfg = config.load(args.config, DEFAULTS, args.overrides)
-        agg = run(cfg, force=args.force)
+        agg = run(cfg, force=args.force, dumps=args.dumps)
     except ka.USER_ERRORS as e:
         print(f"tau_band_energy: {e}", file=sys.stderr)
         return 1

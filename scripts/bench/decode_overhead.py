@@ -31,6 +31,11 @@ VARIANTS = {
 }
 
 
+def bench_rows(text: str) -> list[dict]:
+    """The rows of a llama-bench ``-o jsonl`` log: its lines that start with ``{``, parsed as JSON."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
 def bench_once(binary: Path, model: Path, depth: int, n_gen: int, threads: int, variant: str, preset: str,
                log_path: Path, variant_flags: list[str]) -> dict:
     hook = {}
@@ -39,7 +44,7 @@ def bench_once(binary: Path, model: Path, depth: int, n_gen: int, threads: int, 
     cmd = [paths.relative(binary), "-m", paths.relative(model), "-p", "0", "-n", str(n_gen), "-d", str(depth),
            "-r", "1", "--no-warmup", "-fa", "1", "-t", str(threads), "-o", "jsonl", *variant_flags]
     _, text = tools.run(cmd, log_path, hook)
-    rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    rows = bench_rows(text)
     if len(rows) != 1:
         raise tools.ToolError(f"expected one llama-bench row in {paths.relative(log_path)}, got {len(rows)}")
     return {"variant": variant, "env": hook, "command": cmd, "row": rows[0], "log": paths.relative(log_path)}

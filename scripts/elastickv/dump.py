@@ -8,7 +8,11 @@ For every pass the hook writes, with prefix ``ctx<C>_pass<PPPPPP>``:
 * ``<prefix>_cells_{k,v}.npy``: int32 ``[n, 4]`` rows (stream, cell, pos, code) of the cells the pass
   visited, in the order of the arrays below (code: group | PROCESS/OBSERVE/HIST flags, see reference.py);
 * ``<prefix>_l<LLL>_{k,v}_{before,after}.npy``: float32 ``[n, n_head, head_dim]`` values of those cells
-  (dequantized for quantized caches) before and after the pass.
+  (dequantized for quantized caches) before and after the pass;
+* ``<prefix>_kvcells.npy``: the cache's own table of occupied cells at the pass, int32 ``[m, 4]`` rows
+  (stream, cell, pos, seq), one per sequence a non-empty cell belongs to, read from llama.cpp's cell
+  metadata over every cell index (independently of the lists above: :func:`kv_cells`). Token-eviction
+  passes write it too.
 """
 
 from __future__ import annotations
@@ -33,6 +37,22 @@ class DumpPass:
 
     def values(self, layer: int, kind: str, when: str) -> np.ndarray:
         return np.load(f"{self.prefix}_l{layer:03d}_{kind}_{when}.npy")
+
+
+def kv_cells(folder: Path, ctx: int, pass_id: int) -> np.ndarray:
+    """The cache's own occupied cells at a pass: int32 [m, 4] rows (stream, cell, pos, seq)."""
+    return np.load(Path(folder) / f"ctx{ctx}_pass{pass_id:06d}_kvcells.npy")
+
+
+def owned_cells(table: np.ndarray, seq: int) -> np.ndarray:
+    """The rows (stream, cell, pos) of a :func:`kv_cells` table that a pass of ``seq`` handles: the cells holding
+    ``seq`` and no lower sequence id (a cell shared by several sequences belongs to the lowest), by position."""
+    lowest = {}
+    for strm, cell, _, s in table.tolist():
+        lowest[(strm, cell)] = min(s, lowest.get((strm, cell), s))
+    rows = [r for r in table.tolist() if r[3] == seq and lowest[(r[0], r[1])] == seq]
+    out = np.array([r[:3] for r in rows], dtype=np.int64).reshape(-1, 3)
+    return out[np.argsort(out[:, 2], kind="stable")]
 
 
 def passes(folder: Path) -> list[tuple[int, int]]:
@@ -64,7 +84,14 @@ def load(folder: Path, ctx: int, pass_id: int) -> DumpPass:
 #   ``_cells.npy``            int32 [n, 3]: stream, cell, pos, in ascending position;
 #   ``_score.npy``            float32 [n_layer, n_head_kv, n]: the accumulated scores read at the pass (before
 #                             any reset), 0 for policies without scores;
-#   ``_evicted_before.npy``, ``_evicted_after.npy``  uint8 [n_layer, n_head_kv, n]: evicted flags.
+#   ``_evicted_before.npy``, ``_evicted_after.npy``  uint8 [n_layer, n_head_kv, n]: evicted flags;
+#   ``_l<LLL>_k.npy``         score-based policies: float32 [n, n_head_kv, head_dim], the keys of the cells;
+# and ``ctx<C>_pass<PPPPPP>_kvcells.npy`` (the cache's cell table, as above). Score-based policies also write,
+# after every ubatch that is not a warm-up, with prefix ``ctx<C>_ub<UUUUUU>``:
+#   ``.json``                 passes_before (passes done before the ubatch), n_kv (cells in the attention's KV
+#                             view), kq_scale (the softmax scale), n_stream, layers, and per token pos and seq;
+#   ``_l<LLL>_q.npy``         float32 [n_stream, n_head, n_tokens, head_dim]: the queries (Q after RoPE, as the
+#                             KQ product reads them), from which the tests recompute the scores.
 
 @dataclass
 class TokenPass:
@@ -100,3 +127,37 @@ def load_token(folder: Path, ctx: int, pass_id: int, seq: int) -> TokenPass:
                      cells=np.load(f"{prefix}_cells.npy"), score=np.load(f"{prefix}_score.npy"),
                      before=np.load(f"{prefix}_evicted_before.npy").astype(bool),
                      after=np.load(f"{prefix}_evicted_after.npy").astype(bool))
+
+
+@dataclass
+class UbatchQueries:
+    manifest: dict
+    prefix: Path
+
+    @property
+    def pos(self) -> np.ndarray:
+        return np.asarray(self.manifest["pos"], dtype=np.int64)
+
+    def q(self, layer: int) -> np.ndarray:
+        """float32 [n_stream, n_head, n_tokens, head_dim]."""
+        return np.load(f"{self.prefix}_l{layer:03d}_q.npy")
+
+
+def ubatches(folder: Path) -> list[tuple[int, int]]:
+    """(ctx, ubatch) of every ubatch whose queries were dumped, in order."""
+    out = []
+    for p in Path(folder).glob("ctx*_ub*.json"):
+        m = re.fullmatch(r"ctx(\d+)_ub(\d+)\.json", p.name)
+        if m:
+            out.append((int(m.group(1)), int(m.group(2))))
+    return sorted(out)
+
+
+def load_ubatch(folder: Path, ctx: int, ubatch: int) -> UbatchQueries:
+    prefix = Path(folder) / f"ctx{ctx}_ub{ubatch:06d}"
+    return UbatchQueries(manifest=json.loads(Path(f"{prefix}.json").read_text()), prefix=prefix)
+
+
+def token_keys(folder: Path, ctx: int, pass_id: int, seq: int, layer: int) -> np.ndarray:
+    """float32 [n, n_head_kv, head_dim]: the keys of a token pass's cells (score-based policies)."""
+    return np.load(Path(folder) / f"ctx{ctx}_pass{pass_id:06d}_seq{seq}_l{layer:03d}_k.npy")

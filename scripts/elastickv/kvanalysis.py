@@ -55,9 +55,17 @@ class LayerKV:
     v_after: np.ndarray | None = None
 
 
-def open_dump(model: str, ctx: int) -> tuple[dump.DumpPass, Path]:
-    """The first pass of the kvdump dump of ``model`` (made if missing) and the path of its run record."""
-    folder, _ = kvdump.ensure(model, ctx)
+def add_dump_argument(ap) -> None:
+    """``--dumps DIR``: the folder of the dumps' run records (default results/dumps, the archive)."""
+    ap.add_argument("--dumps", type=Path, default=None,
+                    help="folder of the K/V dumps' run records (default: results/dumps; a dump missing there is made "
+                         "and its record written there)")
+
+
+def open_dump(model: str, ctx: int, records: Path | None = None) -> tuple[dump.DumpPass, Path]:
+    """The first pass of the kvdump dump of ``model`` (made if missing) and the path of its run record, which
+    lives in ``records`` (default: results/dumps)."""
+    folder, _ = kvdump.ensure(model, ctx, records=records)
     c, p = dump.passes(folder)[0]
     dp = dump.load(folder, c, p)
     seqs = dp.manifest.get("seqs", [])
@@ -65,7 +73,7 @@ def open_dump(model: str, ctx: int) -> tuple[dump.DumpPass, Path]:
         raise AnalysisError(f"{paths.relative(folder)}: the analyses need a single-sequence pass, got {len(seqs)}")
     if dp.manifest.get("v_trans"):
         raise AnalysisError(f"{paths.relative(folder)}: V was dumped transposed; the analyses expect flash attention on")
-    return dp, paths.RESULTS / "dumps" / f"{model}-c{ctx}.json"
+    return dp, kvdump.record_path(model, ctx, records)
 
 
 def select_layers(available: list[int], wanted: list[int] | None) -> list[int]:

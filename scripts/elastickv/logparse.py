@@ -11,7 +11,23 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 
-_NUM = r"([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?|nan|inf)"
+#: a number as C's printf writes it, with every spelling of NaN and infinity either sign may carry: glibc
+#: ``nan``, ``-nan``, ``inf``, ``-inf``; MSVC ``-nan(ind)``, ``nan(snan)``, old MSVC ``1.#INF``, ``-1.#IND``,
+#: ``1.#QNAN``; any case, ``infinity`` spelt out. One capture group; convert the capture with :func:`number`.
+_NUM = (r"([-+]?(?:(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?(?!\.?#)|\d+\.#(?:INF|IND|QNAN|SNAN)\d*"
+        r"|(?i:nan)(?:\([\w]*\))?|(?i:inf(?:inity)?)))")
+_NONFINITE = re.compile(r"([-+]?)(?:\d+\.#(INF|IND|QNAN|SNAN)\d*|(nan)(?:\(\w*\))?|(inf)(?:inity)?)", re.IGNORECASE)
+
+
+def number(text: str) -> float:
+    """The float a printed number stands for (``-nan(ind)`` -> nan, ``1.#INF`` -> inf, ``-inf`` -> -inf)."""
+    m = _NONFINITE.fullmatch(text.strip())
+    if not m:
+        return float(text)
+    sign = -1.0 if m.group(1) == "-" else 1.0
+    if (m.group(2) or "").upper() == "INF" or m.group(4):
+        return sign * float("inf")
+    return float("nan")  # NaN's sign bit carries no meaning here
 
 
 class LogParseError(ValueError):
@@ -28,12 +44,34 @@ def _search(pattern: str, text: str, what: str) -> re.Match:
 def final_ppl(text: str) -> tuple[float, float]:
     """``Final estimate: PPL = x +/- e`` of a plain perplexity run."""
     m = _search(rf"Final estimate: PPL = {_NUM} \+/- {_NUM}", text, "final perplexity estimate")
-    return float(m.group(1)), float(m.group(2))
+    return number(m.group(1)), number(m.group(2))
 
 
 def chunk_ppls(text: str) -> list[float]:
     """The running estimates ``[1]13.0665,[2]21.4582,`` (perplexity after each chunk)."""
-    return [float(x) for x in re.findall(rf"\[\d+\]{_NUM},", text)]
+    return [number(x) for x in re.findall(rf"\[\d+\]{_NUM},", text)]
+
+
+def system_info(text: str) -> dict:
+    """llama.cpp's ``system_info`` line: the threads and the CPU features the build compiled and uses
+    (``{"n_threads": 2, "cpu": "SSE3 = 1 | ... | REPACK = 1"}``): equal features and threads mean the same
+    arithmetic on the CPU."""
+    m = _search(r"system_info: n_threads = (\d+) \(n_threads_batch = (\d+)\) / \d+ \| CPU : ([^\n]*?)\s*\|?\s*$", text,
+                "system_info line")
+    return {"n_threads": int(m.group(1)), "n_threads_batch": int(m.group(2)), "cpu": m.group(3).strip()}
+
+
+def chunks_run(text: str) -> tuple[int, int]:
+    """(chunks, n_ctx) that llama-perplexity ran: ``calculating perplexity over 10 chunks, n_ctx=512`` (plain) or
+    ``kl_divergence: computing over 10 chunks, n_ctx=512`` (KL divergence)."""
+    m = _search(r"(?:calculating perplexity|computing) over (\d+) chunks, n_ctx=(\d+)", text, "chunk count")
+    return int(m.group(1)), int(m.group(2))
+
+
+def tokens_scored_per_chunk(n_ctx: int) -> int:
+    """Tokens llama-perplexity scores in a chunk of ``n_ctx``: the second half, less the last token
+    (``n_ctx - 1 - n_ctx/2`` in tools/perplexity/perplexity.cpp)."""
+    return n_ctx - 1 - n_ctx // 2
 
 
 @dataclass
@@ -60,18 +98,19 @@ def kld_stats(text: str) -> KldStats:
     top = _search(rf"^Same top p:\s*{pm}\s*%", text, "Same top p")
     rms = _search(rf"^RMS Δp\s*:\s*{pm}\s*%", text, "RMS Δp")
     q = {}
-    for name, value in re.findall(rf"^(Maximum|Minimum|Median|[\d.]+%)\s+KLD:\s*{_NUM}", text, flags=re.MULTILINE):
-        q[name] = float(value)
+    # llama-perplexity right-aligns the percentiles: " 5.0%   KLD:" starts with a space
+    for name, value in re.findall(rf"^\s*(Maximum|Minimum|Median|[\d.]+%)\s+KLD:\s*{_NUM}", text, flags=re.MULTILINE):
+        q[name] = number(value)
     chunks = []
     row = re.compile(rf"^\s*(\d+)\s+{_NUM}\s*±\s*{_NUM}\s+{_NUM}\s*±\s*{_NUM}\s+{_NUM}\s*±\s*{_NUM}\s+"
                      rf"{_NUM}\s*±\s*{_NUM}\s*%\s+{_NUM}\s*±\s*{_NUM}\s*%", re.MULTILINE)
     for m in row.finditer(text):
-        v = [float(x) for x in m.groups()[1:]]
+        v = [number(x) for x in m.groups()[1:]]
         chunks.append({"chunk": int(m.group(1)), "ppl": v[0], "ppl_err": v[1], "ln_ratio": v[2], "kld": v[4],
                        "kld_err": v[5], "rms_dp": v[6], "same_top_p": v[8]})
 
     def pair(m: re.Match) -> tuple[float, float]:
-        return float(m.group(1)), float(m.group(2))
+        return number(m.group(1)), number(m.group(2))
 
     return KldStats(ppl=pair(ppl), ppl_base=pair(base), ln_ratio=pair(ln), kld=pair(kld), kld_quantiles=q,
                     same_top_p=pair(top), rms_dp=pair(rms), per_chunk=chunks)
@@ -97,8 +136,8 @@ def kv_cache(text: str) -> KvCacheInfo:
                 rf"K \((\w+)\):\s*{_NUM} MiB,\s*V \((\w+)\):\s*{_NUM} MiB", text, "KV cache size (run with -lv 4)")
     rk = re.search(r"attn_rot_k = (\d)", text)
     rv = re.search(r"attn_rot_v = (\d)", text)
-    return KvCacheInfo(mib=float(m.group(1)), cells=int(m.group(2)), layers=int(m.group(3)), k_type=m.group(4),
-                       k_mib=float(m.group(5)), v_type=m.group(6), v_mib=float(m.group(7)),
+    return KvCacheInfo(mib=number(m.group(1)), cells=int(m.group(2)), layers=int(m.group(3)), k_type=m.group(4),
+                       k_mib=number(m.group(5)), v_type=m.group(6), v_mib=number(m.group(7)),
                        rot_k=bool(int(rk.group(1))) if rk else None, rot_v=bool(int(rv.group(1))) if rv else None)
 
 
@@ -119,8 +158,8 @@ def elastickv_passes(text: str) -> list[dict]:
     """The ``ELASTICKV_VERBOSE=1`` summary lines, one per pass and sequence."""
     pat = re.compile(rf"elastickv: pass (\d+) seq (\d+) epoch (\d+) pos_max (-?\d+) \((\w+)\): K {_NUM}% V {_NUM}% zero, "
                      rf"nominal {_NUM}x, {_NUM} ms")
-    return [{"pass": int(a), "seq": int(b), "epoch": int(c), "pos_max": int(d), "mode": e, "k_zero_pct": float(f),
-             "v_zero_pct": float(g), "nominal": float(h), "ms": float(i)} for a, b, c, d, e, f, g, h, i in pat.findall(text)]
+    return [{"pass": int(a), "seq": int(b), "epoch": int(c), "pos_max": int(d), "mode": e, "k_zero_pct": number(f),
+             "v_zero_pct": number(g), "nominal": number(h), "ms": number(i)} for a, b, c, d, e, f, g, h, i in pat.findall(text)]
 
 
 def elastickv_error(text: str) -> str | None:

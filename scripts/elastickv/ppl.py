@@ -38,10 +38,12 @@ class PplSettings:
 
 
 def kld_base_path(s: PplSettings) -> Path:
-    """Where the base logits of these settings live (independent of hook and cache type)."""
+    """Where the base logits of these settings live (independent of hook and cache type). Another build than the
+    default CPU one (CUDA, a fixed instruction set) computes its own: the logits differ in the last bits."""
     data_sha = pypi.sha256_of(paths.ROOT / s.data)[:12]
     chunks = "all" if s.chunks is None else str(s.chunks)
-    return paths.CACHE / "kld" / f"{s.model}-{data_sha}-c{s.ctx}-b{s.batch}-n{chunks}-fa{s.flash_attn}.kld"
+    build = "" if s.variant == "cpu" else f"-{s.variant}"
+    return paths.CACHE / "kld" / f"{s.model}-{data_sha}-c{s.ctx}-b{s.batch}-n{chunks}-fa{s.flash_attn}{build}.kld"
 
 
 def _command(s: PplSettings, model_path: Path, kld: str | None, base: Path | None) -> list[str]:
@@ -64,6 +66,52 @@ def resident_ratio(kv: logparse.KvCacheInfo) -> float:
     """f16-equivalent KV bytes over the real KV bytes of the run (1.00 for any dense f16 cache)."""
     f16_mib = kv.k_mib * 16.0 / BITS_PER_VALUE[kv.k_type] + kv.v_mib * 16.0 / BITS_PER_VALUE[kv.v_type]
     return f16_mib / (kv.k_mib + kv.v_mib)
+
+
+def log_metrics(text: str, kld: str | None) -> dict:
+    """The metrics a llama-perplexity log holds: KV cache size, types, rotation and resident ratio, flash
+    attention, and the PPL (with ``kld`` "compare", the whole KL-divergence block)."""
+    kv = logparse.kv_cache(text)
+    metrics: dict = {
+        "kv_mib": kv.mib,
+        "kv_types": [kv.k_type, kv.v_type],
+        "hadamard_rotation": {"k": kv.rot_k, "v": kv.rot_v},
+        "flash_attn": logparse.flash_attn(text),
+        "resident": resident_ratio(kv),
+    }
+    if kld == "compare":
+        k = logparse.kld_stats(text)
+        metrics |= {
+            "ppl": {"value": k.ppl[0], "stderr": k.ppl[1]},
+            "ppl_base": {"value": k.ppl_base[0], "stderr": k.ppl_base[1]},
+            "ln_ppl_ratio": {"value": k.ln_ratio[0], "stderr": k.ln_ratio[1]},
+            "kld": {"value": k.kld[0], "stderr": k.kld[1]},
+            "kld_quantiles": k.kld_quantiles,
+            "same_top_p_pct": {"value": k.same_top_p[0], "stderr": k.same_top_p[1]},
+            "rms_dp_pct": {"value": k.rms_dp[0], "stderr": k.rms_dp[1]},
+            "chunks_scored": len(k.per_chunk),
+        }
+    else:
+        v, e = logparse.final_ppl(text)
+        metrics |= {"ppl": {"value": v, "stderr": e}, "chunks_scored": len(logparse.chunk_ppls(text))}
+    return metrics
+
+
+#: the figures of stats.summarize a record keeps (ElasticKV)
+SUMMARY_KEYS = ("sparsity_k_all", "sparsity_v_all", "sparsity_k_region", "sparsity_v_region", "nominal", "bitmap",
+                "n_states", "n_passes", "per_layer", "hist")
+
+
+def hook_metrics(records: list[dict] | None, policy: str) -> dict:
+    """The hook's figures from the records of its ELASTICKV_STATS file (``records``: the non-config records
+    of stats.read; None when the hook was off): stats.summarize for ElasticKV, stats.summarize_policy for a
+    baseline policy, and no sparsity with the hook off."""
+    if records is None:
+        return {"sparsity_k_all": 0.0, "sparsity_v_all": 0.0, "nominal": 1.0, "bitmap": None}
+    if policy != "elastickv":
+        return stats.summarize_policy(records)
+    summ = stats.summarize(records)
+    return {k: summ[k] for k in SUMMARY_KEYS}
 
 
 class RecordMismatch(RuntimeError):
@@ -106,42 +154,13 @@ def run(name: str, s: PplSettings, out_dir: Path, kld: str | None = None, force:
     started = results.now()
     _, text = tools.run(cmd, log_path, hook_env)
 
-    kv = logparse.kv_cache(text)
-    metrics: dict = {
-        "kv_mib": kv.mib,
-        "kv_types": [kv.k_type, kv.v_type],
-        "hadamard_rotation": {"k": kv.rot_k, "v": kv.rot_v},
-        "flash_attn": logparse.flash_attn(text),
-        "resident": resident_ratio(kv),
-    }
-    if kld == "compare":
-        k = logparse.kld_stats(text)
-        metrics |= {
-            "ppl": {"value": k.ppl[0], "stderr": k.ppl[1]},
-            "ppl_base": {"value": k.ppl_base[0], "stderr": k.ppl_base[1]},
-            "ln_ppl_ratio": {"value": k.ln_ratio[0], "stderr": k.ln_ratio[1]},
-            "kld": {"value": k.kld[0], "stderr": k.kld[1]},
-            "kld_quantiles": k.kld_quantiles,
-            "same_top_p_pct": {"value": k.same_top_p[0], "stderr": k.same_top_p[1]},
-            "rms_dp_pct": {"value": k.rms_dp[0], "stderr": k.rms_dp[1]},
-            "chunks_scored": len(k.per_chunk),
-        }
-    else:
-        v, e = logparse.final_ppl(text)
-        metrics |= {"ppl": {"value": v, "stderr": e}, "chunks_scored": len(logparse.chunk_ppls(text))}
-    if stats_path is not None and resolved["policy"] != "elastickv":
+    metrics = log_metrics(text, kld)
+    if stats_path is not None:
         _, recs = stats.read(stats_path)
-        metrics |= stats.summarize_policy(recs)
-        metrics["stats"] = paths.relative(stats.compress(stats_path))
-    elif stats_path is not None:
-        _, heads = stats.read(stats_path)
-        summ = stats.summarize(heads)
-        metrics |= {k: summ[k] for k in ("sparsity_k_all", "sparsity_v_all", "sparsity_k_region",
-                                          "sparsity_v_region", "nominal", "bitmap", "n_states", "n_passes",
-                                          "per_layer", "hist")}
+        metrics |= hook_metrics(recs, resolved["policy"])
         metrics["stats"] = paths.relative(stats.compress(stats_path))
     else:
-        metrics |= {"sparsity_k_all": 0.0, "sparsity_v_all": 0.0, "nominal": 1.0, "bitmap": None}
+        metrics |= hook_metrics(None, resolved["policy"])
 
     record = results.record("perplexity", name, started, cmd, hook_env, resolved, settings, s.variant, cmd[0], s.model,
                             paths.ROOT / s.data, metrics, log_path)

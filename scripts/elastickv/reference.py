@@ -232,3 +232,23 @@ def threshold_dump(values: np.ndarray, groups: np.ndarray, process: np.ndarray, 
         tau = scale64 * (s / n)
         mask[sel] = (ax[sel] < tau[None, :, None]) & (values[sel] != 0)
     return mask
+
+
+def threshold_dump_incremental(values: np.ndarray, new: np.ndarray, s: np.ndarray, n: np.ndarray,
+                               scale: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Incremental-mode rule applied to the dumped values of one sequence (one statistic group) at one pass.
+
+    The running statistic ``s``, ``n`` (float64 ``[n_head]``: sum of |x| and count of the values every earlier
+    pass thresholded since the sequence's last reset) grows by the ``new`` cells (bool per cell: never
+    thresholded, outside the sinks); ``tau = scale * s / n`` per head; only the new cells are thresholded.
+    Returns (zero mask of the shape of ``values``, s, n, tau) after the pass.
+    """
+    ax = np.abs(values).astype(np.float64)
+    s = np.asarray(s, dtype=np.float64) + ax[new].sum(axis=(0, 2))
+    n = np.asarray(n, dtype=np.float64) + new.sum() * values.shape[2]
+    scale64 = np.float64(np.float32(scale))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tau = np.where(n > 0, scale64 * (s / n), 0.0)
+    mask = np.zeros(values.shape, dtype=bool)
+    mask[new] = (ax[new] < tau[None, :, None]) & (values[new] != 0)
+    return mask, s, n, tau

@@ -1,5 +1,6 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Run records: provenance, the documented schema (run.schema.json, results/SCHEMA.md), atomic writes."""
+"""Run records and aggregates: provenance, validation against the documented schemas (run.schema.json,
+aggregate.schema.json and schemas/, through schema.py; results/SCHEMA.md), atomic writes."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import tempfile
 from functools import lru_cache
 from pathlib import Path
 
-from . import models, paths, pypi, upstream
+from . import models, paths, pypi, schema, upstream
 
 SCHEMA_PATH = Path(__file__).with_name("run.schema.json")
 
@@ -78,12 +79,9 @@ def write_json_atomic(path: Path, obj: object) -> None:
 
 
 def validate(record: dict) -> None:
-    """Raises jsonschema.ValidationError if the record does not follow run.schema.json."""
-    import jsonschema
-
-    with open(SCHEMA_PATH) as f:
-        schema = json.load(f)
-    jsonschema.validate(record, schema)
+    """Raises jsonschema.ValidationError if the record does not follow run.schema.json (its metrics: the
+    schema of its kind; finite numbers, checked date-times: scripts/elastickv/schema.py)."""
+    schema.validate(record, schema.RECORD)
 
 
 def record(kind: str, name: str, started: str, command: list[str], env: dict, elastickv: dict, settings: dict,
@@ -143,10 +141,9 @@ def aggregate(artifact: str, script: str, cfg: dict, data: object, sources: list
 
 
 def validate_aggregate(obj: dict) -> None:
-    import jsonschema
-
-    with open(AGGREGATE_SCHEMA_PATH) as f:
-        jsonschema.validate(obj, json.load(f))
+    """Raises jsonschema.ValidationError if the aggregate does not follow aggregate.schema.json (its data: the
+    schema of the script that wrote it)."""
+    schema.validate(obj, schema.AGGREGATE)
 
 
 def write_aggregate(path: Path, obj: dict, force: bool = False) -> None:

@@ -83,7 +83,7 @@ def entry(model: str, ctx: int, row: dict, rec: dict, base_ppl: float, rec_path:
     return {
         "model": model, "ctx": ctx, "row": row["name"], "cache": rec["settings"]["cache_type_k"],
         "elastickv": rec["elastickv"] if rec["env"].get("ELASTICKV") == "1" else None,
-        "chunks": m["chunks_scored"], "tokens_scored": m["chunks_scored"] * (ctx // 2),
+        "chunks": m["chunks_scored"], "tokens_scored": m["chunks_scored"] * logparse.tokens_scored_per_chunk(ctx),
         "ppl": m["ppl"], "ppl_delta_pct": 100.0 * (m["ppl"]["value"] / base_ppl - 1.0),
         "ln_ppl_ratio": m.get("ln_ppl_ratio"), "kld": m.get("kld"), "same_top_p_pct": m.get("same_top_p_pct"),
         "sparsity_k": sk, "sparsity_v": sv,

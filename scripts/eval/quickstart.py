@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from elastickv import envvars, models, paths, ppl, results, tools  # noqa: E402
+from elastickv import envvars, logparse, models, paths, ppl, results, tools  # noqa: E402
 from elastickv.progress import Progress  # noqa: E402
 
 ROWS = [
@@ -78,7 +78,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
             f"| {100 * r['sparsity_v']:.1f}% | {r['nominal']:.2f}× | {bitmap} | {resident} |")
     lines.append("")
     lines.append(f"Model {meta['model']} ({meta['model_sha256'][:12]}), {meta['data']}, c={meta['ctx']}, "
-                 f"-b/-ub {meta['batch']}, {meta['chunks']} chunks, -fa on, {meta['device']}, commit {meta['git'][:10]}, "
+                 f"-b/-ub {meta['batch']}, {meta['chunks']} chunk{'s' if meta['chunks'] != 1 else ''} run, "
+                 f"{meta['tokens_scored']} tokens scored (the second half "
+                 f"of each chunk), -fa on, {meta['device']}, commit {meta['git'][:10]}, "
                  f"llama.cpp {meta['upstream']}. KLD/top-1 against the baseline's logits. Sparsity over all cells of "
                  f"each sequence's final cache (sinks included). nominal = N/nnz, bitmap = 16N/(N+16nnz), "
                  f"resident = f16 bytes / real KV bytes.")
@@ -128,8 +130,17 @@ def main() -> int:
         return 1
 
     b = records["baseline"]
+    # the chunks llama-perplexity ran (its own count) and the tokens it scored in them; every row ran the same
+    chunks_run = {name: logparse.chunks_run((paths.ROOT / r["log"]).read_text())[0] for name, r in records.items()}
+    scored = {name: r["metrics"]["chunks_scored"] for name, r in records.items()}
+    if len(set(chunks_run.values()) | set(scored.values())) != 1:
+        print(f"quickstart: the rows ran or scored different chunk counts (run {chunks_run}, scored {scored})",
+              file=sys.stderr)
+        return 1
+    n_chunks = scored["baseline"]
     meta = {"model": model, "model_sha256": b["model"]["sha256"], "data": data, "ctx": args.ctx,
-            "batch": args.evict_every, "chunks": b["metrics"]["chunks_scored"],
+            "batch": args.evict_every, "chunks": n_chunks,
+            "tokens_scored": n_chunks * logparse.tokens_scored_per_chunk(args.ctx),
             "device": b["device"]["gpu"] or b["device"]["cpu"], "git": b["git"]["commit"],
             "upstream": b["upstream"]["commit"]}
     rows = table_rows(records)

@@ -64,6 +64,11 @@ def bench_cmd(cfg: dict, binary: Path, model: Path, kind: str, size: int) -> lis
     return cmd + [str(a) for a in cfg["bench_args"]]
 
 
+def bench_rows(text: str) -> list[dict]:
+    """The rows of a llama-bench ``-o jsonl`` log: its lines that start with ``{``, parsed as JSON."""
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
 def run_one(cfg: dict, binary: Path, model: Path, kind: str, size: int, rnd: int, v: dict, runs_dir: Path,
             force: bool) -> dict:
     """One llama-bench call (or its saved result: resume)."""
@@ -79,7 +84,7 @@ def run_one(cfg: dict, binary: Path, model: Path, kind: str, size: int, rnd: int
             raise results.ResultExists(f"{paths.relative(saved)} was measured with other settings; use --force")
     log = runs_dir / f"{stem}.log"
     _, text = tools.run(cmd, log, hook)
-    rows = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    rows = bench_rows(text)
     if len(rows) != 1:
         raise tools.ToolError(f"expected one llama-bench row in {paths.relative(log)}, got {len(rows)}")
     out = {"kind": kind, "size": size, "round": rnd, "variant": v["name"], "env": hook, "command": cmd,

@@ -12,6 +12,10 @@
 #   --cuda-arch ARCHS   CMAKE_CUDA_ARCHITECTURES for --cuda (default: 90)
 #   --fa-quants PAIRS   GGML_CUDA_FA_QUANTS for --cuda: the flash-attention K-V type pairs to compile
 #                       (default: "f16-f16;q8_0-q8_0;q4_0-q4_0;q8_0-f16")
+#   --isa NAME          a CPU build for a fixed x86-64 instruction set instead of this machine's (-march=native),
+#                       in <tree>/build-cpu-NAME: avx512 (AVX-512 F/BW/DQ/VL with AVX2, FMA, F16C), avx2 (AVX2, FMA,
+#                       F16C, BMI2: e.g. AMD EPYC Zen 2/3), avx (AVX only), sse42 (SSE 4.2 only). The arithmetic of
+#                       other CPUs, run here (scripts/bench/cross_isa.py); runs only on a CPU that has the set
 #   -j N                parallel jobs (default: number of cores)
 # Targets default to: llama-perplexity llama-completion llama-bench llama-cli llama-server test-backend-ops
 # Only what is missing or out of date is rebuilt.
@@ -21,20 +25,23 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 die() { echo "build_llamacpp: $*" >&2; exit 1; }
 
 TREE=""
+MANAGED=0
 UPSTREAM=0
 VARIANT=cpu
+ISA=""
 CUDA_ARCH=90
 FA_QUANTS="f16-f16;q8_0-q8_0;q4_0-q4_0;q8_0-f16"
 JOBS=$(nproc 2>/dev/null || echo 2)
 TARGETS=()
 while [ $# -gt 0 ]; do
     case "$1" in
-        -h|--help) sed -n '3,18p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '3,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         --tree) TREE=${2:?--tree needs a directory}; shift 2 ;;
         --upstream) UPSTREAM=1; shift ;;
         --cuda) VARIANT=cuda; shift ;;
         --cuda-arch) CUDA_ARCH=${2:?--cuda-arch needs a value, e.g. 90}; shift 2 ;;
         --fa-quants) FA_QUANTS=${2:?--fa-quants needs K-V pairs, e.g. f16-f16}; shift 2 ;;
+        --isa) ISA=${2:?--isa needs a name: avx512, avx2, avx or sse42}; shift 2 ;;
         -j) JOBS=${2:?-j needs a number}; shift 2 ;;
         -*) die "unknown option $1 (see --help)" ;;
         *) TARGETS+=("$1"); shift ;;
@@ -49,23 +56,53 @@ if [ "$UPSTREAM" = 1 ]; then
     [ -d "$TREE" ] || python3 "$ROOT/scripts/setup/fetch_llamacpp.py" --only upstream
 elif [ -z "$TREE" ]; then
     TREE="$ROOT/build/llama.cpp"
+    MANAGED=1
     [ -d "$TREE" ] || python3 "$ROOT/scripts/setup/fetch_llamacpp.py" --only patched
 fi
 [ -d "$TREE" ] || die "no llama.cpp tree at $TREE"
-if [ "$UPSTREAM" = 0 ]; then
-    "$ROOT/cuda_hook/patch_llamacpp.sh" "$TREE"
+if [ "$UPSTREAM" = 0 ] && ! "$ROOT/cuda_hook/patch_llamacpp.sh" "$TREE"; then
+    # the project's own tree was patched by an earlier version of the hook's upstream edits: it is re-extracted
+    # from the sdist (build/downloads) and patched again; its build folders are kept, so only what the new edits
+    # touch is rebuilt (the sdist's files keep their timestamps). A tree of your own (--tree) is never replaced.
+    [ "$MANAGED" = 1 ] || die "the hook's edits do not fit $TREE (see above)"
+    echo "build_llamacpp: ${TREE#"$ROOT"/} holds an earlier version of the hook's edits; re-creating it from the sdist" >&2
+    KEEP="$ROOT/build/llama.cpp.builds"
+    rm -rf "$KEEP" && mkdir -p "$KEEP"
+    for d in "$TREE"/build-*; do
+        [ -e "$d" ] && mv "$d" "$KEEP/"
+    done
+    rm -rf "$TREE"
+    python3 "$ROOT/scripts/setup/fetch_llamacpp.py" --only patched
+    for d in "$KEEP"/build-*; do
+        [ -e "$d" ] && mv "$d" "$TREE/"
+    done
+    rmdir "$KEEP"
+    "$ROOT/cuda_hook/patch_llamacpp.sh" "$TREE" || die "the hook's edits do not fit a fresh tree from the sdist"
 fi
 
-BUILD="$TREE/build-$VARIANT"
 FLAGS=(-G Ninja -DCMAKE_BUILD_TYPE=Release
        -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_APP=OFF
        -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF)
+if [ -n "$ISA" ]; then
+    [ "$VARIANT" = cpu ] || die "--isa is for CPU builds"
+    # GGML_NATIVE=OFF turns SSE 4.2, AVX, AVX2, BMI2, FMA and F16C on; each set switches off what it lacks
+    case "$ISA" in
+        avx512) ISA_FLAGS=(-DGGML_NATIVE=OFF -DGGML_AVX512=ON) ;;
+        avx2)   ISA_FLAGS=(-DGGML_NATIVE=OFF) ;;
+        avx)    ISA_FLAGS=(-DGGML_NATIVE=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF -DGGML_BMI2=OFF) ;;
+        sse42)  ISA_FLAGS=(-DGGML_NATIVE=OFF -DGGML_AVX=OFF -DGGML_AVX2=OFF -DGGML_FMA=OFF -DGGML_F16C=OFF -DGGML_BMI2=OFF) ;;
+        *) die "unknown --isa $ISA; accepted: avx512, avx2, avx, sse42" ;;
+    esac
+    FLAGS+=("${ISA_FLAGS[@]}")
+    VARIANT="cpu-$ISA"
+fi
 if [ "$VARIANT" = cuda ]; then
     command -v nvcc >/dev/null || die "--cuda needs nvcc (the CUDA toolkit) on PATH"
     command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 ||
         echo "build_llamacpp: note: no GPU visible; building for sm_$CUDA_ARCH anyway (running needs a GPU)" >&2
     FLAGS+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH" -DGGML_CUDA_NCCL=OFF "-DGGML_CUDA_FA_QUANTS=$FA_QUANTS")
 fi
+BUILD="$TREE/build-$VARIANT"
 command -v ninja >/dev/null || die "ninja is required (Debian: apt-get install ninja-build; or pip install ninja)"
 
 # configure once per flag set; a different flag set reconfigures the same folder

@@ -2,6 +2,7 @@
 // Token eviction inside the attention graph: the -inf bias, the score accumulation, and the pass that
 // selects the evicted cells. See llama-elastickv-evict.h and llama-elastickv-policy.h.
 #include "llama-elastickv-evict.h"
+#include "llama-elastickv-dump.h"
 
 #include "llama-impl.h"
 #include "llama-batch.h"
@@ -9,6 +10,7 @@
 #include "llama-kv-cache.h"
 
 #include <algorithm>
+#include <cerrno>
 #include <cinttypes>
 #include <cmath>
 #include <cstring>
@@ -28,8 +30,9 @@ llama_elastickv_evict::llama_elastickv_evict(
         int32_t                              sink,
         llama_kv_cache                     * kv,
         const llama_hparams                & hparams,
-        const std::vector<ggml_backend_t>  & backends)
-    : desc(desc), budget(budget), sink(sink), kv(kv), kv_size(kv->get_size()), n_stream(kv->n_stream) {
+        const std::vector<ggml_backend_t>  & backends,
+        const std::string                  & dump_dir)
+    : desc(desc), budget(budget), sink(sink), kv(kv), kv_size(kv->get_size()), n_stream(kv->n_stream), dump_dir(dump_dir) {
     int32_t il_max = 0;
     for (const auto & L : kv->layers) {
         il_max = std::max(il_max, (int32_t) L.il);
@@ -110,6 +113,9 @@ ggml_tensor * llama_elastickv_evict::attn_bias(ggml_context * ctx, ggml_tensor *
     ggml_tensor * out  = ggml_add(ctx, kq4, bias);
     ggml_set_name(out, "elastickv_kq_bias");
     l->hooked = true;
+    // a dump of the queries (score-based policies): Q is the second operand of the KQ product; an architecture
+    // that transforms KQ before this point (soft-capping, ...) dumps no queries
+    l->q_src = !dump_dir.empty() && uses_scores() && kq->op == GGML_OP_MUL_MAT ? kq->src[1] : nullptr;
     return ggml_reshape_4d(ctx, out, n_kv, n_tok, n_head, ns);
 }
 
@@ -134,6 +140,64 @@ void llama_elastickv_evict::attn_observe(ggml_context * ctx, ggml_cgraph * gf, g
     ggml_tensor * acc = ggml_cpy(ctx, ggml_add(ctx, dst, p), dst);
     ggml_set_name(acc, "elastickv_score");
     ggml_build_forward_expand(gf, acc);
+
+    l->q_out = nullptr;
+    if (l->q_src && kq_soft->op == GGML_OP_SOFT_MAX) {
+        ggml_tensor * q = ggml_cont(ctx, l->q_src); // an output: the allocator keeps it until the next graph
+        ggml_set_name(q, "elastickv_q_dump");
+        ggml_set_output(q);
+        ggml_build_forward_expand(gf, q);
+        l->q_out = q;
+        memcpy(&l->kq_scale, kq_soft->op_params, sizeof(float)); // soft_max_ext's scale
+        l->n_kv = n_kv;
+    }
+}
+
+void llama_elastickv_evict::after_ubatch(const llama_ubatch & ubatch, int32_t ctx_id, int64_t n_pass) {
+    if (dump_dir.empty() || !uses_scores()) {
+        return;
+    }
+    const int64_t u = n_ubatch++;
+    char prefix[128];
+    snprintf(prefix, sizeof(prefix), "%s/ctx%d_ub%06" PRId64, dump_dir.c_str(), ctx_id, u);
+    std::string il_list;
+    const layer * first = nullptr;
+    std::vector<float> q;
+    for (const auto & l : layers) {
+        if (!l.q_out) {
+            continue;
+        }
+        ggml_backend_synchronize(l.backend);
+        const ggml_tensor * t = l.q_out;
+        q.resize(ggml_nelements(t));
+        ggml_backend_tensor_get(t, q.data(), 0, ggml_nbytes(t));
+        char name[32];
+        snprintf(name, sizeof(name), "_l%03d_q.npy", l.il);
+        // [stream, head, token, dim]: the reverse of ggml's [dim, token, head, stream]
+        llama_elastickv_write_npy(prefix + std::string(name), "<f4", { t->ne[3], t->ne[2], t->ne[1], t->ne[0] },
+                                  q.data(), q.size()*sizeof(float));
+        il_list += (il_list.empty() ? "" : ", ") + std::to_string(l.il);
+        first = first ? first : &l;
+    }
+    if (!first) {
+        return;
+    }
+    FILE * f = fopen((prefix + std::string(".json")).c_str(), "w");
+    if (!f) {
+        throw std::runtime_error("elastickv: cannot write " + std::string(prefix) + ".json: " + strerror(errno));
+    }
+    fprintf(f, "{\"ctx\": %d, \"ubatch\": %" PRId64 ", \"passes_before\": %" PRId64 ", \"n_kv\": %" PRId64 ", "
+        "\"kq_scale\": %.9g, \"n_stream\": %" PRId64 ", \"layers\": [%s], \"pos\": [",
+        ctx_id, u, n_pass, first->n_kv, first->kq_scale, first->q_out->ne[3], il_list.c_str());
+    for (uint32_t i = 0; i < ubatch.n_tokens; ++i) {
+        fprintf(f, "%s%d", i ? ", " : "", ubatch.pos[i]);
+    }
+    fprintf(f, "], \"seq\": [");
+    for (uint32_t i = 0; i < ubatch.n_tokens; ++i) {
+        fprintf(f, "%s%d", i ? ", " : "", ubatch.n_seq_id[i] > 0 ? ubatch.seq_id[i][0] : -1);
+    }
+    fprintf(f, "]}\n");
+    fclose(f);
 }
 
 // zeroes t[strm][head][c] for the cells in `cells` (sorted), one copy per contiguous run
@@ -200,7 +264,7 @@ void llama_elastickv_evict::before_ubatch(const llama_ubatch & ubatch) {
 }
 
 void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t ctx_id, int64_t n_pass, FILE * stats,
-                                 const std::string & dump_dir, int32_t verbose) {
+                                 int32_t verbose) {
     for (const auto & l : layers) {
         if (!l.hooked) {
             throw std::runtime_error("elastickv: ELASTICKV_POLICY=" + std::string(desc.name) + " could not reach the attention of layer " +
@@ -210,6 +274,12 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
     }
     const int32_t n_layer = (int32_t) layers.size();
     const float   ninf    = -std::numeric_limits<float>::infinity();
+    if (!dump_dir.empty()) {
+        // the cache's own occupied cells, for checking that the sequences' cell lists below cover them all
+        char name[96];
+        snprintf(name, sizeof(name), "/ctx%d_pass%06" PRId64 "_kvcells.npy", ctx_id, n_pass);
+        llama_elastickv_write_cells(dump_dir + name, kv->v_cells);
+    }
 
     for (llama_seq_id s : seqs) {
         const uint32_t strm = kv->seq_to_stream[s];
@@ -314,6 +384,16 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
             llama_elastickv_write_npy(std::string(prefix) + "_score.npy", "<f4", { n_layer, H, n }, dump_score.data(), dump_score.size()*sizeof(float));
             llama_elastickv_write_npy(std::string(prefix) + "_evicted_before.npy", "|u1", { n_layer, H, n }, dump_before.data(), dump_before.size());
             llama_elastickv_write_npy(std::string(prefix) + "_evicted_after.npy", "|u1", { n_layer, H, n }, dump_after.data(), dump_after.size());
+            if (uses_scores()) { // the keys the scores were computed with, in the order of the cells above
+                for (const auto & l : layers) {
+                    const int64_t hd = l.k->ne[0]/l.n_head;
+                    std::vector<float> keys;
+                    llama_elastickv_read_rows(l.k, strm, false, l.k->ne[0], cells, keys);
+                    char name[32];
+                    snprintf(name, sizeof(name), "_l%03d_k.npy", l.il);
+                    llama_elastickv_write_npy(std::string(prefix) + name, "<f4", { n, l.n_head, hd }, keys.data(), keys.size()*sizeof(float));
+                }
+            }
             FILE * f = fopen((std::string(prefix) + ".json").c_str(), "w");
             if (f) {
                 fprintf(f, "{\"ctx\": %d, \"pass\": %" PRId64 ", \"seq\": %d, \"policy\": \"%s\", \"fraction\": %.17g, \"cells\": %" PRId64 ", "

@@ -10,6 +10,10 @@
 //         summed over its queries and the query heads of each KV head, is added in the graph, on the
 //         device that holds the layer. The host reads it back only at a pass (every EVICT_EVERY tokens).
 // A cell written by a new token gets bias 0 and score 0 before the ubatch is computed.
+//
+// With ELASTICKV_DUMP, a score-based policy also keeps each layer's queries (Q after RoPE, the input of KQ) as
+// graph outputs and writes them after every ubatch, and every pass writes the K rows of the sequence's cells
+// and the cache's own cell table: the tests recompute the scores from Q and K (tests/test_policies.py).
 #pragma once
 
 #include "llama-elastickv-policy.h"
@@ -27,9 +31,6 @@ class  llama_kv_cache;
 struct llama_hparams;
 struct llama_ubatch;
 
-// Writes a C-order .npy array (format 1.0); llama-elastickv.cpp.
-void llama_elastickv_write_npy(const std::string & path, const char * descr, const std::vector<int64_t> & shape, const void * data, size_t nbytes);
-
 struct llama_elastickv_evict {
     llama_elastickv_evict(
             const llama_elastickv_policy_desc & desc,
@@ -37,7 +38,8 @@ struct llama_elastickv_evict {
             int32_t                              sink,
             llama_kv_cache                     * kv,
             const llama_hparams                & hparams,
-            const std::vector<ggml_backend_t>  & backends);
+            const std::vector<ggml_backend_t>  & backends,
+            const std::string                  & dump_dir);
 
     // graph hooks (llama-graph.cpp); k is the K view the attention reads, il the model layer
     ggml_tensor * attn_bias   (ggml_context * ctx, ggml_tensor * kq, const ggml_tensor * k, int il) const;
@@ -46,8 +48,11 @@ struct llama_elastickv_evict {
     // before the ubatch's graph runs: its cells start with bias 0 and score 0
     void before_ubatch(const llama_ubatch & ubatch);
 
+    // after the ubatch's graph ran (not a warm-up): with a dump, writes its queries (ctx<C>_ub<U>_*)
+    void after_ubatch(const llama_ubatch & ubatch, int32_t ctx_id, int64_t n_pass);
+
     // one pass for these sequences; writes stats records and dumps when asked
-    void pass(const std::vector<llama_seq_id> & seqs, int32_t ctx_id, int64_t n_pass, FILE * stats, const std::string & dump_dir, int32_t verbose);
+    void pass(const std::vector<llama_seq_id> & seqs, int32_t ctx_id, int64_t n_pass, FILE * stats, int32_t verbose);
 
     bool uses_scores() const { return desc.score != LLAMA_ELASTICKV_SCORE_NONE; }
 
@@ -61,6 +66,11 @@ private:
         ggml_tensor * score = nullptr;
         std::vector<std::vector<uint8_t>> evicted; // [stream][head*kv_size + cell]
         mutable bool  hooked = false;              // the last graph build reached this layer
+        // ELASTICKV_DUMP with a score-based policy: the queries of the last graph build (an output of the graph)
+        mutable ggml_tensor *       q_src  = nullptr; // Q as the KQ product reads it (set by attn_bias)
+        mutable ggml_tensor *       q_out  = nullptr; // its contiguous copy [head_dim, n_tokens, n_head, n_stream]
+        mutable float               kq_scale = 0.0f;  // the softmax scale of the attention
+        mutable int64_t             n_kv     = 0;     // cells the attention saw (the KV view of the graph)
     };
 
     const layer * layer_for(int il, const ggml_tensor * k) const;
@@ -78,4 +88,6 @@ private:
     std::vector<ggml_context_ptr>       ctxs;
     std::vector<ggml_backend_buffer_ptr> bufs;
     std::vector<float>                  zeros; // kv_size zeros, the source of async clears
+    std::string                         dump_dir; // ELASTICKV_DUMP, empty: no dumps
+    int64_t                             n_ubatch = 0; // ubatches seen (their dump names)
 };

@@ -3,6 +3,7 @@
 // statistics, dumps and verbose output. See llama-elastickv.h for the overview.
 #include "llama-elastickv.h"
 #include "llama-elastickv-evict.h"
+#include "llama-elastickv-dump.h"
 
 #include "llama-impl.h"
 #include "llama-batch.h"
@@ -213,41 +214,7 @@ std::string ekv_json_escape(const std::string & s) {
 
 } // namespace
 
-// Writes a C-order .npy array (format 1.0).
-void llama_elastickv_write_npy(const std::string & path, const char * descr, const std::vector<int64_t> & shape, const void * data, size_t nbytes) {
-    std::string header = std::string("{'descr': '") + descr + "', 'fortran_order': False, 'shape': (";
-    for (size_t i = 0; i < shape.size(); ++i) {
-        header += std::to_string(shape[i]) + ", ";
-    }
-    if (shape.size() > 1) {
-        header.resize(header.size() - 1);
-        header.back() = ')';
-    } else {
-        header.back() = ')';
-    }
-    header += ", }";
-    const size_t preamble = 10;
-    const size_t total = ((preamble + header.size() + 1 + 63)/64)*64;
-    header.append(total - preamble - header.size() - 1, ' ');
-    header += '\n';
-
-    FILE * f = fopen(path.c_str(), "wb");
-    if (!f) {
-        throw std::runtime_error("elastickv: cannot write " + path + ": " + strerror(errno));
-    }
-    const uint16_t hlen = (uint16_t) header.size();
-    fwrite("\x93NUMPY\x01\x00", 1, 8, f);
-    fwrite(&hlen, 2, 1, f);
-    fwrite(header.data(), 1, header.size(), f);
-    fwrite(data, 1, nbytes, f);
-    fclose(f);
-}
-
 namespace {
-
-void ekv_write_npy(const std::string & path, const char * descr, const std::vector<int64_t> & shape, const void * data, size_t nbytes) {
-    llama_elastickv_write_npy(path, descr, shape, data, nbytes);
-}
 
 void ekv_mkdirs(const std::string & dir) {
     std::string cur;
@@ -737,7 +704,7 @@ void llama_elastickv::impl::setup(const llama_model & model, const std::vector<g
         ekv_mkdirs(cfg.dump_dir);
     }
     if (desc && desc->token) {
-        evict.reset(new llama_elastickv_evict(*desc, cfg.budget, cfg.sink, kv, hparams, backends));
+        evict.reset(new llama_elastickv_evict(*desc, cfg.budget, cfg.sink, kv, hparams, backends, cfg.dump_dir));
     }
 }
 
@@ -1009,7 +976,10 @@ void llama_elastickv::impl::dump(const char * when) const {
     }
     char prefix[64];
     snprintf(prefix, sizeof(prefix), "ctx%d_pass%06" PRId64, ctx_id, n_pass);
-    const uint32_t kv_size = kv->get_size();
+    if (strcmp(when, "before") == 0) {
+        // the cache's own occupied cells, for checking that the lists below cover every cell of the sequences
+        llama_elastickv_write_cells(cfg.dump_dir + "/" + prefix + "_kvcells.npy", kv->v_cells);
+    }
     for (int kind = 0; kind < 2; ++kind) {
         if (!acts(kind)) {
             continue;
@@ -1024,47 +994,24 @@ void llama_elastickv::impl::dump(const char * when) const {
                     rows.insert(rows.end(), { (int32_t) strm, c, cells_of(strm).pos_get(c), lists[strm][e + 1] });
                 }
             }
-            ekv_write_npy(cfg.dump_dir + "/" + prefix + "_cells_" + kn + ".npy", "<i4", { (int64_t) rows.size()/4, 4 },
+            llama_elastickv_write_npy(cfg.dump_dir + "/" + prefix + "_cells_" + kn + ".npy", "<i4", { (int64_t) rows.size()/4, 4 },
                 rows.data(), rows.size()*sizeof(int32_t));
         }
         for (const auto & l : layers) {
             ggml_tensor * t  = kind == 0 ? l.k : l.v;
             const int     hd = kind == 0 ? l.hd_k : l.hd_v;
             const int64_t n_embd = (int64_t) l.n_head*hd;
-            const bool    trans  = kind == 1 && v_trans;
-            const auto * traits  = ggml_get_type_traits(t->type);
-            // f32 has no to_float: copy it
-            auto to_float = [&](const void * src, float * dst, int64_t n) {
-                if (t->type == GGML_TYPE_F32) {
-                    memcpy(dst, src, n*sizeof(float));
-                } else {
-                    traits->to_float(src, dst, n);
-                }
-            };
             std::vector<float> out;
-            std::vector<uint8_t> raw(t->nb[2]);
-            std::vector<float> row(n_embd);
             for (uint32_t strm = 0; strm < n_stream; ++strm) {
-                if (lists[strm].empty()) {
-                    continue;
-                }
-                ggml_backend_tensor_get(t, raw.data(), strm*t->nb[2], t->nb[2]);
+                std::vector<uint32_t> cells;
                 for (size_t e = 0; e + 1 < lists[strm].size(); e += 2) {
-                    const int64_t c = lists[strm][e];
-                    if (trans) {
-                        const size_t elt = ggml_type_size(t->type);
-                        for (int64_t j = 0; j < n_embd; ++j) {
-                            to_float(raw.data() + (j*kv_size + c)*elt, row.data() + j, 1);
-                        }
-                    } else {
-                        to_float(raw.data() + c*t->nb[1], row.data(), n_embd);
-                    }
-                    out.insert(out.end(), row.begin(), row.end());
+                    cells.push_back((uint32_t) lists[strm][e]);
                 }
+                llama_elastickv_read_rows(t, strm, kind == 1 && v_trans, n_embd, cells, out);
             }
             char name[96];
             snprintf(name, sizeof(name), "%s_l%03d_%s_%s.npy", prefix, l.il, kn, when);
-            ekv_write_npy(cfg.dump_dir + "/" + name, "<f4", { (int64_t) (out.size()/n_embd), l.n_head, hd },
+            llama_elastickv_write_npy(cfg.dump_dir + "/" + name, "<f4", { (int64_t) (out.size()/n_embd), l.n_head, hd },
                 out.data(), out.size()*sizeof(float));
         }
     }
@@ -1317,6 +1264,9 @@ void llama_elastickv::on_ubatch(const llama_ubatch & ubatch) {
     if (I.cparams.warmup) {
         return; // no pass on warm-up decodes
     }
+    if (I.evict) {
+        I.evict->after_ubatch(ubatch, I.ctx_id, I.n_pass); // dumps of the ubatch's queries, when asked
+    }
 
     std::vector<llama_seq_id> due;
     for (uint32_t k = 0; k < ubatch.n_seqs_unq; ++k) {
@@ -1333,7 +1283,7 @@ void llama_elastickv::on_ubatch(const llama_ubatch & ubatch) {
         return;
     }
     if (I.evict) {
-        I.evict->pass(due, I.ctx_id, I.n_pass, I.stats, I.cfg.dump_dir, I.cfg.verbose);
+        I.evict->pass(due, I.ctx_id, I.n_pass, I.stats, I.cfg.verbose);
         for (llama_seq_id s : due) {
             I.seqs[s].last_pass_pos = I.kv->seq_pos_max(s);
         }

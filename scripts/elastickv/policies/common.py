@@ -12,6 +12,10 @@ At a pass, for one sequence, layer and KV head (cells in ascending position, ``e
          higher position; the remaining candidates are evicted. Evicted cells stay evicted.
 
 The hash is splitmix64's finaliser chained over a tuple: h = mix(seed), then h = mix(h ^ a) for each a.
+
+Scores (:func:`scores_of_queries`): for a KV head, the attention probabilities its cells receive from each query
+and each query head that reads the KV head, summed ("attn", H2O), or the number of those (query, query head)
+pairs that give a cell more than 1/n_kv ("count", ScissorHands; n_kv = the cells of the attention's KV view).
 """
 
 from __future__ import annotations
@@ -112,4 +116,31 @@ def select(policy: Policy, b: Budget, sink: int, B_layer: int, pos: np.ndarray, 
     # highest priority first, ties: higher position first
     order = np.lexsort((-pos[cand], -prio))
     out[cand[order[heavy:]]] = True
+    return out
+
+
+def attention_probs(q: np.ndarray, q_pos: np.ndarray, k: np.ndarray, k_pos: np.ndarray, evicted: np.ndarray,
+                    scale: float) -> np.ndarray:
+    """softmax(scale * q.k) of queries ``q`` [T, d] at ``q_pos`` over keys ``k`` [n, d] at ``k_pos``, in float64:
+    a query sees the keys at positions up to its own (causal) that are not ``evicted`` (-inf bias). [T, n]."""
+    logits = (np.asarray(q, np.float64) @ np.asarray(k, np.float64).T) * float(scale)
+    visible = (np.asarray(k_pos)[None, :] <= np.asarray(q_pos)[:, None]) & ~np.asarray(evicted, bool)[None, :]
+    logits = np.where(visible, logits, -np.inf)
+    e = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return e / e.sum(axis=1, keepdims=True)
+
+
+def scores_of_queries(kind: str, q: np.ndarray, q_pos: np.ndarray, k: np.ndarray, k_pos: np.ndarray,
+                      evicted: np.ndarray, scale: float, n_kv: int = 0, rel_margin: float = 0.0) -> np.ndarray:
+    """What one ubatch adds to the scores of one layer: ``q`` [n_head, T, d] (the ubatch's queries), ``k``
+    [n, n_head_kv, d] (the sequence's keys), ``evicted`` [n_head_kv, n] before the ubatch. Query head i reads KV
+    head i // G (G = n_head / n_head_kv). Returns float64 [n_head_kv, n]: summed probabilities ("attn") or the
+    count of probabilities above 1/n_kv ("count"; above (1 + rel_margin)/n_kv, to bound it under rounding)."""
+    n_head, n_kv_head = q.shape[0], k.shape[1]
+    G = n_head // n_kv_head
+    out = np.zeros((n_kv_head, k.shape[0]))
+    for i in range(n_head):
+        h = i // G
+        p = attention_probs(q[i], q_pos, k[:, h, :], k_pos, evicted[h], scale)
+        out[h] += p.sum(axis=0) if kind == "attn" else (p > (1.0 + rel_margin) / n_kv).sum(axis=0)
     return out
