@@ -14,7 +14,7 @@ RUN_TARGETS  := llama-perplexity
 TEST_TARGETS := llama-perplexity llama-completion llama-bench test-backend-ops
 ALL_TARGETS  := llama-perplexity llama-completion llama-bench llama-cli llama-server test-backend-ops
 
-.PHONY: help run run-full test build build-test build-upstream build-cuda model cuda-check bench clean distclean \
+.PHONY: help run run-full test build build-test build-upstream build-cuda model cuda-check bench cross-isa clean distclean \
         figures tables paper paper-deps experiments
 
 help:
@@ -24,6 +24,7 @@ help:
 	@echo "make build      CPU build of every tool (perplexity, completion, bench, cli, server, test-backend-ops)"
 	@echo "make build-cuda CUDA build (CUDA_ARCH=90, FA_QUANTS='f16-f16;q8_0-q8_0;q4_0-q4_0;q8_0-f16')"
 	@echo "make bench      decode-overhead benchmark (llama-bench, hook on vs off)"
+	@echo "make cross-isa  re-run the reproduction test's entry with builds for AVX-512, AVX2, SSE 4.2: its tolerances"
 	@echo "make cuda-check compile-only nvcc check of the CUDA kernel"
 	@echo "make figures    every figure of the paper from results/ (no GPU, no run): paper/figures/"
 	@echo "make paper      figures + generated tables + the PDF (paper/build/elastickv.pdf); installs TeX if missing"
@@ -72,6 +73,13 @@ cuda-check: $(VENV)/.stamp
 bench: $(VENV)/.stamp model
 	scripts/setup/build_llamacpp.sh -j $(JOBS) llama-bench
 	$(PY) scripts/bench/decode_overhead.py
+
+# the tolerance of tests/test_reproduce.py: builds for fixed instruction sets, run here (tests/tolerances.py)
+ISAS ?= avx512 avx2 sse42
+cross-isa: $(VENV)/.stamp model
+	scripts/setup/build_llamacpp.sh -j $(JOBS) llama-perplexity
+	@for isa in $(ISAS); do scripts/setup/build_llamacpp.sh --isa $$isa -j $(JOBS) llama-perplexity || exit 1; done
+	$(PY) scripts/bench/cross_isa.py
 
 # ---- the paper: everything below reads results/ only ----
 FIG_SCRIPTS := $(sort $(wildcard scripts/plot/fig*.py))

@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import tolerances
 
 from elastickv import paths, results
 
@@ -43,7 +44,8 @@ def test_ppl_table_one_chunk_resume_and_refusal(tmp_rel, model_path):
     results.validate_aggregate(agg)
     e = {x["row"]: x for x in agg["data"]["entries"]}
     assert list(e) == ["baseline", "sweet", "q8_0"]
-    assert e["baseline"]["kld"]["value"] == 0.0 and e["baseline"]["ppl_delta_pct"] == pytest.approx(0, abs=1e-9)
+    assert abs(e["baseline"]["kld"]["value"]) <= tolerances.HOOK_OFF_KLD  # 0 up to the base's lossy storage
+    assert e["baseline"]["ppl_delta_pct"] == pytest.approx(0, abs=1e-9)
     assert e["sweet"]["kld"]["value"] > 0 and e["sweet"]["sparsity_k"] > 0.15 and e["sweet"]["resident"] == 1.0
     assert e["sweet"]["elastickv"]["scale_k"] == 0.45 and e["q8_0"]["elastickv"] is None
     assert len(e["sweet"]["per_chunk"]) == 1

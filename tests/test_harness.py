@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import pytest
+import tolerances
 
 from elastickv import paths, pypi, results
 
@@ -23,7 +24,9 @@ def test_quickstart_table_resume_and_refusal(tmp_path, model_path):
     table = json.loads((out / "table.json").read_text())
     rows = {row["row"]: row for row in table["rows"]}
     assert list(rows) == ["baseline", "sweet", "aggressive", "q8_0", "q4_0"]
-    assert rows["baseline"]["kld"]["value"] == 0.0 and rows["baseline"]["same_top_p_pct"]["value"] == 100.0
+    # the hook off against its own base logits: 0 up to the lossy storage of the base (tests/tolerances.py)
+    assert abs(rows["baseline"]["kld"]["value"]) <= tolerances.HOOK_OFF_KLD
+    assert rows["baseline"]["same_top_p_pct"]["value"] == 100.0
     for name in ("sweet", "aggressive"):
         assert rows[name]["kld"]["value"] > 0 and 0.15 < rows[name]["sparsity_k"] < 0.45
         assert rows[name]["resident"] == pytest.approx(1.0)  # zeros in a dense cache save nothing

@@ -20,18 +20,25 @@ from elastickv import paths
 
 MEASUREMENT = paths.RESULTS / "reproduce" / "cross_isa.json"
 
-#: metric -> (how, tolerance): "rel" compares |a/b - 1|, "abs" compares |a - b|
+#: metric -> (how, tolerance): "rel" compares |a/b - 1|, "abs" compares |a - b|. Largest deviation from the archive
+#: measured (results/reproduce/cross_isa.json, commit of this file): PPL 2.4e-3 relative (AVX2: 26.705 for the
+#: base run against 26.7318, which is what an AMD EPYC prints: the AVX2 build reproduces that machine's log to the
+#: digit), ln(PPL ratio) 1.7e-3, KLD 5.3e-3 relative (SSE 4.2), top-1 agreement 0.35 points (SSE 4.2). SINK = 8
+#: moves the KLD by 11-13 % on every build, ten times its tolerance; it moves PPL by only 0.05-0.18 %, less
+#: than other CPUs do, so the KLD (against the same build's own base logits) is what tells a changed result
+#: from another CPU's rounding.
 REPRODUCE = {
-    "ppl": ("rel", None),
-    "ln_ppl_ratio": ("abs", None),
-    "kld": ("rel", None),
-    "same_top_p_pct": ("abs", None),
+    "ppl": ("rel", 5e-3),
+    "ln_ppl_ratio": ("abs", 4e-3),
+    "kld": ("rel", 1.2e-2),
+    "same_top_p_pct": ("abs", 0.8),
 }
 
 #: |KLD| of a run with the hook off against the base logits of the same build: not exactly 0, because
-#: llama-perplexity stores the base log-probabilities in a lossy 16-bit form and prints 6 decimals (-0.000001
-#: on an AMD EPYC, -0.000000 on the archive's Xeon); measured on every build of MEASUREMENT.
-HOOK_OFF_KLD = None
+#: llama-perplexity stores the base log-probabilities in a lossy 16-bit form and prints 6 decimals: -0.000001
+#: on an AMD EPYC (one chunk, tests/data/logs/perplexity_kld_hookoff_1chunk_amd_epyc.log), -0.000000 or 0.000000
+#: on every build of MEASUREMENT (ten chunks). Ten times the print resolution.
+HOOK_OFF_KLD = 1e-5
 
 
 def violations(got: dict, want: dict, exact: bool) -> list[str]:

@@ -18,7 +18,8 @@
 #                       other CPUs, run here (scripts/bench/cross_isa.py); runs only on a CPU that has the set
 #   -j N                parallel jobs (default: number of cores)
 # Targets default to: llama-perplexity llama-completion llama-bench llama-cli llama-server test-backend-ops
-# Only what is missing or out of date is rebuilt.
+# Only what is missing or out of date is rebuilt. LLAMA_CMAKE_FLAGS (environment, or `make ... LLAMA_CMAKE_FLAGS=`)
+# adds CMake flags of your own, e.g. "-DGGML_NATIVE=OFF" for a portable AVX2 build.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -35,7 +36,7 @@ JOBS=$(nproc 2>/dev/null || echo 2)
 TARGETS=()
 while [ $# -gt 0 ]; do
     case "$1" in
-        -h|--help) sed -n '3,22p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+        -h|--help) sed -n '3,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         --tree) TREE=${2:?--tree needs a directory}; shift 2 ;;
         --upstream) UPSTREAM=1; shift ;;
         --cuda) VARIANT=cuda; shift ;;
@@ -101,6 +102,10 @@ if [ "$VARIANT" = cuda ]; then
     command -v nvidia-smi >/dev/null && nvidia-smi -L >/dev/null 2>&1 ||
         echo "build_llamacpp: note: no GPU visible; building for sm_$CUDA_ARCH anyway (running needs a GPU)" >&2
     FLAGS+=(-DGGML_CUDA=ON "-DCMAKE_CUDA_ARCHITECTURES=$CUDA_ARCH" -DGGML_CUDA_NCCL=OFF "-DGGML_CUDA_FA_QUANTS=$FA_QUANTS")
+fi
+if [ -n "${LLAMA_CMAKE_FLAGS:-}" ]; then
+    read -r -a EXTRA <<< "$LLAMA_CMAKE_FLAGS"
+    FLAGS+=("${EXTRA[@]}")
 fi
 BUILD="$TREE/build-$VARIANT"
 command -v ninja >/dev/null || die "ninja is required (Debian: apt-get install ninja-build; or pip install ninja)"
