@@ -43,8 +43,6 @@ DEFAULTS = {
     "runs_dir": "results/reproduce",
     "output": "results/reproduce/cross_isa.json",
 }
-#: metric -> how a deviation is measured ("rel": |a/b - 1|, "abs": |a - b|)
-METRICS = {"ppl": "rel", "ln_ppl_ratio": "abs", "kld": "rel", "same_top_p_pct": "abs"}
 
 
 def variant(isa: str) -> str:
@@ -62,17 +60,7 @@ def settings_of(rec: dict, isa: str, sink: int | None = None) -> tuple[ppl.PplSe
 
 
 def values(rec: dict) -> dict:
-    m = rec["metrics"]
-    return {k: m[k]["value"] for k in METRICS if isinstance(m.get(k), dict)}
-
-
-def deviation(a: dict, b: dict) -> dict:
-    """How far the metrics of ``a`` are from those of ``b`` (METRICS says how)."""
-    out = {}
-    for k, how in METRICS.items():
-        if k in a and k in b:
-            out[k] = abs(a[k] / b[k] - 1.0) if how == "rel" else abs(a[k] - b[k])
-    return out
+    return ppl.metric_values(rec["metrics"])
 
 
 def run(cfg: dict, force: bool = False) -> dict:
@@ -100,8 +88,8 @@ def run(cfg: dict, force: bool = False) -> dict:
             builds.append({
                 "isa": isa, "variant": variant(isa), "system_info": logparse.system_info(log),
                 "metrics": {name: values(r) for name, r in recs.items()},
-                "deviation": {name: deviation(values(recs[name]), values(archived[name])) for name in cfg["compared"]},
-                "changed_effect": deviation(values(recs[ch["name"]]), values(recs[ch["of"]])),
+                "deviation": {name: ppl.deviation(values(recs[name]), values(archived[name])) for name in cfg["compared"]},
+                "changed_effect": ppl.deviation(values(recs[ch["name"]]), values(recs[ch["of"]])),
             })
     arch_log = (entry / Path(archived[ch["of"]]["log"]).name).read_text(errors="replace")
     data = {

@@ -55,14 +55,36 @@ def owned_cells(table: np.ndarray, seq: int) -> np.ndarray:
     return out[np.argsort(out[:, 2], kind="stable")]
 
 
+def coverage_problems(folder: Path, d: DumpPass, seq: int = 0) -> list[str]:
+    """What is wrong with the cells pass ``d`` listed for ``seq`` against the cache's own cell table: they must be
+    exactly the sequence's occupied cells, each once, and the cache must hold its positions 0..pos_max. Empty
+    when the pass covered the sequence."""
+    owned = owned_cells(kv_cells(folder, d.manifest["ctx"], d.manifest["pass"]), seq)
+    pos_max = next(s["pos_max"] for s in d.manifest["seqs"] if s["seq"] == seq)
+    out = [] if np.array_equal(owned[:, 2], np.arange(pos_max + 1)) else ["the cache does not hold positions 0..pos_max"]
+    want = {(int(a), int(b)): int(c) for a, b, c in owned}
+    for kind, cells in d.cells.items():
+        listed = {(int(a), int(b)): int(c) for a, b, c in cells[:, :3]}
+        if len(listed) != len(cells):
+            out.append(f"{kind}: a cell listed twice")
+        if listed != want:
+            out.append(f"pass {d.manifest['pass']} {kind}: cells missed or extra")
+    return out
+
+
+def _keys(folder: Path, pattern: str) -> list[tuple[int, ...]]:
+    """The integer groups of ``pattern`` (a full-match regex) over the .json names of the folder, in order."""
+    out = []
+    for p in Path(folder).glob("ctx*.json"):
+        m = re.fullmatch(pattern, p.name)
+        if m:
+            out.append(tuple(int(g) for g in m.groups()))
+    return sorted(out)
+
+
 def passes(folder: Path) -> list[tuple[int, int]]:
     """(ctx, pass) of every pass in the folder, in order."""
-    out = []
-    for p in Path(folder).glob("ctx*_pass*.json"):
-        m = re.fullmatch(r"ctx(\d+)_pass(\d+)\.json", p.name)
-        if m:
-            out.append((int(m.group(1)), int(m.group(2))))
-    return sorted(out)
+    return _keys(folder, r"ctx(\d+)_pass(\d+)\.json")
 
 
 def load(folder: Path, ctx: int, pass_id: int) -> DumpPass:
@@ -108,12 +130,7 @@ class TokenPass:
 
 def token_passes(folder: Path) -> list[tuple[int, int, int]]:
     """(ctx, pass, seq) of every token-eviction pass in the folder, in order."""
-    out = []
-    for p in Path(folder).glob("ctx*_pass*_seq*.json"):
-        m = re.fullmatch(r"ctx(\d+)_pass(\d+)_seq(\d+)\.json", p.name)
-        if m:
-            out.append((int(m.group(1)), int(m.group(2)), int(m.group(3))))
-    return sorted(out)
+    return _keys(folder, r"ctx(\d+)_pass(\d+)_seq(\d+)\.json")
 
 
 def token_manifest(folder: Path, ctx: int, pass_id: int, seq: int) -> dict:
@@ -145,12 +162,7 @@ class UbatchQueries:
 
 def ubatches(folder: Path) -> list[tuple[int, int]]:
     """(ctx, ubatch) of every ubatch whose queries were dumped, in order."""
-    out = []
-    for p in Path(folder).glob("ctx*_ub*.json"):
-        m = re.fullmatch(r"ctx(\d+)_ub(\d+)\.json", p.name)
-        if m:
-            out.append((int(m.group(1)), int(m.group(2))))
-    return sorted(out)
+    return _keys(folder, r"ctx(\d+)_ub(\d+)\.json")
 
 
 def load_ubatch(folder: Path, ctx: int, ubatch: int) -> UbatchQueries:

@@ -114,6 +114,22 @@ def hook_metrics(records: list[dict] | None, policy: str) -> dict:
     return {k: summ[k] for k in SUMMARY_KEYS}
 
 
+#: how two runs' headline metrics are compared (scripts/bench/cross_isa.py, tests/test_reproduce.py): "rel" is
+#: |a/b - 1|, "abs" is |a - b|
+COMPARED = {"ppl": "rel", "ln_ppl_ratio": "abs", "kld": "rel", "same_top_p_pct": "abs"}
+
+
+def metric_values(metrics: dict) -> dict:
+    """The values of the COMPARED metrics that a record's metrics (or :func:`log_metrics`) hold."""
+    return {k: metrics[k]["value"] for k in COMPARED if isinstance(metrics.get(k), dict)}
+
+
+def deviation(a: dict, b: dict) -> dict:
+    """How far the metric values ``a`` are from ``b``, for the COMPARED metrics both hold (COMPARED says how)."""
+    return {k: abs(a[k] / b[k] - 1.0) if how == "rel" else abs(a[k] - b[k])
+            for k, how in COMPARED.items() if k in a and k in b}
+
+
 class RecordMismatch(RuntimeError):
     """A record exists for this run name with other settings; pass force to replace it."""
 

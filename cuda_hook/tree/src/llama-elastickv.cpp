@@ -997,17 +997,19 @@ void llama_elastickv::impl::dump(const char * when) const {
             llama_elastickv_write_npy(cfg.dump_dir + "/" + prefix + "_cells_" + kn + ".npy", "<i4", { (int64_t) rows.size()/4, 4 },
                 rows.data(), rows.size()*sizeof(int32_t));
         }
+        std::vector<std::vector<uint32_t>> cells(n_stream); // the listed cells of each stream, list order
+        for (uint32_t strm = 0; strm < n_stream; ++strm) {
+            for (size_t e = 0; e + 1 < lists[strm].size(); e += 2) {
+                cells[strm].push_back((uint32_t) lists[strm][e]);
+            }
+        }
         for (const auto & l : layers) {
             ggml_tensor * t  = kind == 0 ? l.k : l.v;
             const int     hd = kind == 0 ? l.hd_k : l.hd_v;
             const int64_t n_embd = (int64_t) l.n_head*hd;
             std::vector<float> out;
             for (uint32_t strm = 0; strm < n_stream; ++strm) {
-                std::vector<uint32_t> cells;
-                for (size_t e = 0; e + 1 < lists[strm].size(); e += 2) {
-                    cells.push_back((uint32_t) lists[strm][e]);
-                }
-                llama_elastickv_read_rows(t, strm, kind == 1 && v_trans, n_embd, cells, out);
+                llama_elastickv_read_rows(t, strm, kind == 1 && v_trans, n_embd, cells[strm], out);
             }
             char name[96];
             snprintf(name, sizeof(name), "%s_l%03d_%s_%s.npy", prefix, l.il, kn, when);
