@@ -28,7 +28,7 @@ def cpp_presets() -> dict[str, tuple[float, float]]:
 
 def test_mirror_equals_cpp_table():
     table = cpp_table()
-    assert len(table) == 18
+    assert len(table) == 21
     assert [tuple(vars(v).values()) for v in envvars.VARS] == table
 
 
@@ -40,7 +40,8 @@ def test_spec_variables_all_declared():
     spec = {"ELASTICKV", "ELASTICKV_SCALE_K", "ELASTICKV_SCALE_V", "ELASTICKV_SINK", "ELASTICKV_EVICT_EVERY",
             "ELASTICKV_WARM", "ELASTICKV_HEAD_DIM", "ELASTICKV_VERBOSE", "ELASTICKV_PRESET", "ELASTICKV_MODE",
             "ELASTICKV_STATS", "ELASTICKV_DUMP", "ELASTICKV_POLICY", "ELASTICKV_BUDGET", "ELASTICKV_RECENT",
-            "ELASTICKV_HEAVY_RATIO", "ELASTICKV_SEED", "ELASTICKV_PYRAMID_BETA"}
+            "ELASTICKV_HEAVY_RATIO", "ELASTICKV_SEED", "ELASTICKV_PYRAMID_BETA", "ELASTICKV_SCOPE", "ELASTICKV_FREE",
+            "ELASTICKV_KV_CELLS"}
     assert set(envvars.BY_NAME) == spec
 
 
@@ -73,10 +74,36 @@ def test_resolve_defaults_preset_and_override():
     ({"ELASTICKV_POLICY": "streaming", "ELASTICKV_BUDGET": "0.5", "ELASTICKV_RECENT": "8"}, "ELASTICKV_RECENT"),
     ({"ELASTICKV_POLICY": "h2o", "ELASTICKV_BUDGET": "0.5", "ELASTICKV_HEAVY_RATIO": "2"}, "ELASTICKV_HEAVY_RATIO"),
     ({"ELASTICKV_POLICY": "h2o", "ELASTICKV_BUDGET": "0.5", "ELASTICKV_SEED": "1"}, "ELASTICKV_SEED"),
+    ({"ELASTICKV_SCOPE": "head"}, "ELASTICKV_SCOPE"),  # ElasticKV evicts no cells
+    ({"ELASTICKV_POLICY": "topk_entries", "ELASTICKV_BUDGET": "0.5", "ELASTICKV_FREE": "1"}, "ELASTICKV_FREE"),
+    ({"ELASTICKV_POLICY": "h2o", "ELASTICKV_BUDGET": "0.5", "ELASTICKV_SCOPE": "layer"}, "ELASTICKV_SCOPE"),
+    ({"ELASTICKV_POLICY": "pyramidkv", "ELASTICKV_BUDGET": "0.5", "ELASTICKV_SCOPE": "shared"}, "ELASTICKV_SCOPE"),
+    ({"ELASTICKV_POLICY": "streaming", "ELASTICKV_BUDGET": "0.5", "ELASTICKV_FREE": "2"}, "ELASTICKV_FREE"),
+    ({"ELASTICKV_KV_CELLS": "-1"}, "ELASTICKV_KV_CELLS"),
+    ({"ELASTICKV_KV_CELLS": "1k"}, "ELASTICKV_KV_CELLS"),
 ])
 def test_resolve_refuses_like_the_hook(env, var):
     with pytest.raises(envvars.EnvError, match=var):
         envvars.resolve(env)
+
+
+def test_resolve_scope_free_and_kv_cells():
+    """kv_cells for every policy (0: no cap), scope and free for the token policies only; the other keys as
+    before the cap."""
+    r = envvars.resolve({})
+    assert r["kv_cells"] == 0 and "scope" not in r and "free" not in r
+    r = envvars.resolve({"ELASTICKV_POLICY": "topk_entries", "ELASTICKV_BUDGET": "0.5", "ELASTICKV_KV_CELLS": "256"})
+    assert r["kv_cells"] == 256 and "scope" not in r
+    r = envvars.resolve({"ELASTICKV_POLICY": "h2o", "ELASTICKV_BUDGET": "0.5"})
+    assert (r["scope"], r["free"], r["kv_cells"]) == ("head", True, 0)
+    r = envvars.resolve({"ELASTICKV_POLICY": "h2o", "ELASTICKV_BUDGET": "0.5", "ELASTICKV_SCOPE": "shared",
+                         "ELASTICKV_FREE": "0", "ELASTICKV_KV_CELLS": "384"})
+    assert (r["scope"], r["free"], r["kv_cells"]) == ("shared", False, 384)
+    assert envvars.resolve({"ELASTICKV_POLICY": "pyramidkv", "ELASTICKV_BUDGET": "0.5",
+                            "ELASTICKV_SCOPE": "head"})["scope"] == "head"
+    assert envvars.hook_env(policy="streaming", budget="0.5", scope="shared", free=1, kv_cells=320) == {
+        "ELASTICKV": "1", "ELASTICKV_POLICY": "streaming", "ELASTICKV_BUDGET": "0.5", "ELASTICKV_SCOPE": "shared",
+        "ELASTICKV_FREE": "1", "ELASTICKV_KV_CELLS": "320"}
 
 
 def test_hook_env_validates():

@@ -23,7 +23,8 @@ def test_quickstart_table_resume_and_refusal(tmp_path, model_path):
     assert r.returncode == 0, r.stderr[-3000:]
     table = json.loads((out / "table.json").read_text())
     rows = {row["row"]: row for row in table["rows"]}
-    assert list(rows) == ["baseline", "sweet", "aggressive", "q8_0", "q4_0"]
+    assert list(rows) == ["baseline", "sweet", "aggressive", "q8_0", "q4_0", "streaming", "streaming+q4_0",
+                          "h2o-shared+q8_0"]
     # the hook off against its own base logits: 0 up to the lossy storage of the base (tests/tolerances.py)
     assert abs(rows["baseline"]["kld"]["value"]) <= tolerances.HOOK_OFF_KLD
     assert rows["baseline"]["same_top_p_pct"]["value"] == 100.0
@@ -34,6 +35,13 @@ def test_quickstart_table_resume_and_refusal(tmp_path, model_path):
     assert rows["q8_0"]["resident"] == pytest.approx(16 / 8.5, rel=1e-3)
     assert rows["q4_0"]["resident"] == pytest.approx(16 / 4.5, rel=1e-3)
     assert rows["q8_0"]["sparsity_k"] == 0.0
+    # eviction rows free cells into a smaller buffer (ELASTICKV_KV_CELLS = 128 + 63 + 64 = 255 of 512 cells), read from
+    # llama.cpp's log: f16 bytes of the full context / real bytes; stacked with q4_0 it multiplies
+    assert rows["streaming"]["resident"] == pytest.approx(512 / 255, rel=1e-2)
+    assert rows["streaming+q4_0"]["resident"] == pytest.approx(512 / 255 * 16 / 4.5, rel=1e-2)
+    assert rows["h2o-shared+q8_0"]["resident"] == pytest.approx(512 / 255 * 16 / 8.5, rel=1e-2)
+    assert rows["streaming"]["real_kv_mib"] < rows["baseline"]["real_kv_mib"] / 2 + 0.05
+    assert "255 cells" in rows["streaming"]["elastickv"]
     for row in table["rows"]:
         rec = json.loads((out / row["record"]).read_text())
         results.validate(rec)

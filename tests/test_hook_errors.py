@@ -50,6 +50,18 @@ BAD_ENV = [
      "ELASTICKV_SEED='3' is set but ELASTICKV_POLICY=h2o is not random"),
     (ON | {"ELASTICKV_POLICY": "pyramidkv", "ELASTICKV_BUDGET": "0.5", "ELASTICKV_PYRAMID_BETA": "0.5"},
      "ELASTICKV_PYRAMID_BETA='0.5' is out of range"),
+    # real memory: scope, freeing, the physical cap (its context-dependent refusals: tests/test_real_memory.py)
+    (ON | {"ELASTICKV_POLICY": "h2o", "ELASTICKV_BUDGET": "0.5", "ELASTICKV_SCOPE": "layer"},
+     "ELASTICKV_SCOPE='layer' is not a scope; accepted: head or shared"),
+    (ON | {"ELASTICKV_SCOPE": "shared"}, "ELASTICKV_SCOPE='shared' is set but ELASTICKV_POLICY=elastickv evicts no cells"),
+    (ON | {"ELASTICKV_POLICY": "pyramidkv", "ELASTICKV_BUDGET": "0.5", "ELASTICKV_SCOPE": "shared"},
+     "ELASTICKV_SCOPE='shared' cannot be used with ELASTICKV_POLICY=pyramidkv"),
+    (ON | {"ELASTICKV_POLICY": "streaming", "ELASTICKV_BUDGET": "0.5", "ELASTICKV_FREE": "2"},
+     "ELASTICKV_FREE='2' is out of range; accepted: 0 or 1"),
+    (ON | {"ELASTICKV_POLICY": "topk_entries", "ELASTICKV_BUDGET": "0.5", "ELASTICKV_FREE": "1"},
+     "ELASTICKV_FREE='1' is set but ELASTICKV_POLICY=topk_entries evicts no cells"),
+    (ON | {"ELASTICKV_KV_CELLS": "-5"}, "ELASTICKV_KV_CELLS='-5' is out of range; accepted: 0 (the context size)"),
+    (ON | {"ELASTICKV_KV_CELLS": "1k"}, "ELASTICKV_KV_CELLS='1k' is not an integer"),
     # a bad value is an error even with the hook off
     ({"ELASTICKV": "0", "ELASTICKV_MODE": "lazy"}, "ELASTICKV_MODE='lazy' is not a mode"),
 ]

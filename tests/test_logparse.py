@@ -127,3 +127,72 @@ def test_one_chunk_log_from_an_amd_machine():
     assert len(k.per_chunk) == 1
     row = k.per_chunk[0]
     assert (row["chunk"], row["ppl"], row["ppl_err"], row["kld"], row["same_top_p"]) == (1, 13.0198, 2.5131, -0.0, 100.0)
+
+
+def test_context_and_kv_buffers():
+    """The logical context (n_ctx, n_ctx_seq; not the 'n_ctx_seq (512) < n_ctx_train' line) and the KV buffers of
+    a recorded log; the size line's n_seq_max/n_stream."""
+    text = read("perplexity_kld_base_f16.log")
+    ctx = logparse.context(text)
+    assert (ctx.n_ctx, ctx.n_ctx_seq) == (512, 512)
+    assert logparse.kv_buffer_mib(text) == 11.25
+    kv = logparse.kv_cache(text)
+    assert (kv.seqs, kv.streams) == (1, 1)
+    assert logparse.elastickv_eviction_state(text) is None and logparse.elastickv_policy(text) is None
+    with pytest.raises(logparse.LogParseError, match="KV buffer"):
+        logparse.kv_buffer_mib(read("perplexity_error_sink.log"))
+
+
+#: lines of the hook with the physical cap and of llama.cpp with one buffer per device and four streams
+CAPPED = """\
+0.00.338.089 I llama_context: n_ctx                 = 2048
+0.00.338.090 I llama_context: n_ctx_seq             = 512
+0.00.338.101 I llama_context: n_ctx_seq (512) < n_ctx_train (8192) -- the full capacity of the model will not be utilized
+0.00.338.263 I llama_kv_cache:      CUDA0 KV buffer size =    12.00 MiB
+0.00.338.264 I llama_kv_cache:        CPU KV buffer size =    10.50 MiB
+0.00.344.848 I llama_kv_cache: size =   22.50 MiB (   256 cells,  30 layers,  4/4 seqs), K (f16):   11.25 MiB, V (f16):   11.25 MiB
+0.00.350.000 W elastickv: policy=h2o budget=0.250000 (fraction) recent=auto heavy_ratio=0.8 seed=42 pyramid_beta=20 scope=shared free=1 kv_cells=256 (the ElasticKV thresholds are not used)
+0.00.350.001 W elastickv: eviction state 0.47 MiB on the KV devices (bias, score, keep), 256 cells per stream of 512 logical
+"""
+
+
+def test_hook_lines_of_the_physical_cap():
+    kv = logparse.kv_cache(CAPPED)
+    assert (kv.cells, kv.seqs, kv.streams, kv.mib) == (256, 4, 4, 22.5)
+    ctx = logparse.context(CAPPED)
+    assert (ctx.n_ctx, ctx.n_ctx_seq) == (2048, 512)
+    assert logparse.kv_buffer_mib(CAPPED) == 22.5  # CUDA0 + CPU
+    assert logparse.elastickv_eviction_state(CAPPED) == {"mib": 0.47, "scores": True, "cells": 256, "n_ctx_seq": 512}
+    no_score = "W elastickv: eviction state 0.12 MiB on the KV devices (bias, keep), 384 cells per stream of 1024 logical"
+    assert logparse.elastickv_eviction_state(no_score) == {"mib": 0.12, "scores": False, "cells": 384, "n_ctx_seq": 1024}
+    assert logparse.elastickv_policy(CAPPED) == {"policy": "h2o", "budget": 0.25, "recent": "auto", "heavy_ratio": 0.8,
+                                                 "seed": 42, "pyramid_beta": 20.0, "scope": "shared", "free": True,
+                                                 "kv_cells": 256}
+
+
+def test_policy_echo_before_the_cap():
+    """The baseline echo of the archived runs (no scope, free, kv_cells) and a budget in cells."""
+    old = ("0.00.302.543 W elastickv: policy=streaming budget=0.500000 (fraction) recent=auto heavy_ratio=0.8 seed=42 "
+           "pyramid_beta=20 (the ElasticKV thresholds are not used)")
+    assert logparse.elastickv_policy(old) == {"policy": "streaming", "budget": 0.5, "recent": "auto", "heavy_ratio": 0.8,
+                                              "seed": 42, "pyramid_beta": 20.0}
+    cells = ("W elastickv: policy=random_tokens budget=300 cells recent=16 heavy_ratio=0.5 seed=7 pyramid_beta=20 "
+             "scope=head free=0 kv_cells=0 (the ElasticKV thresholds are not used)")
+    p = logparse.elastickv_policy(cells)
+    assert (p["budget"], p["recent"], p["seed"], p["scope"], p["free"], p["kv_cells"]) == (300, 16, 7, "head", False, 0)
+
+
+def test_log_metrics_of_a_capped_cache():
+    """ppl.log_metrics reads the real memory from the log: 4 streams of 256 cells for a logical context of 2048
+    hold half of it, so an f16 cache is resident 2.0; the hook's state is its own line."""
+    from elastickv import ppl
+
+    text = read("perplexity_kld_base_f16.log")
+    start, end = text.index("0.00.338.089 I llama_context: n_ctx  "), text.index("0.00.344.886 I llama_kv_cache: attn_rot")
+    m = ppl.log_metrics(text[:start] + CAPPED + text[end:], None)
+    assert m["resident"] == 2.0 and m["kv_mib"] == m["kv_real_mib"] == 22.5
+    assert (m["kv_cells"], m["n_ctx"], m["kv_buffer_mib"], m["hook_state_mib"]) == (256, 2048, 22.5, 0.47)
+    assert m["kv_bytes_per_token"] == 22.5 * 2**20 / 2048
+    plain = ppl.log_metrics(text, None)  # the full context: resident as before the cap
+    assert (plain["resident"], plain["kv_cells"], plain["n_ctx"], plain["hook_state_mib"]) == (1.0, 512, 512, None)
+    assert plain["kv_bytes_per_token"] == 11.25 * 2**20 / 512

@@ -58,7 +58,9 @@ def budget_from_env(env: dict[str, str]) -> common.Budget:
 
 def run_dumped(llama, tmp_path, policy, extra, chunks=1):
     folder = tmp_path / "dump"
-    env = {"ELASTICKV": "1", "ELASTICKV_POLICY": policy, "ELASTICKV_SINK": str(SINK),
+    # logical eviction (cells stay allocated behind the bias): every pass lists all cells of the sequence;
+    # freeing is tested in tests/test_real_memory.py
+    env = {"ELASTICKV": "1", "ELASTICKV_POLICY": policy, "ELASTICKV_SINK": str(SINK), "ELASTICKV_FREE": "0",
            "ELASTICKV_DUMP": str(folder)} | extra
     r = llama.perplexity(["-fa", "off"], env=env, chunks=chunks)
     assert r.rc == 0, r.log[-3000:]
@@ -126,7 +128,7 @@ def test_token_policy_per_sequence(llama, tmp_path, unified):
     only the sequence's own queries (the KQ mask keeps other sequences' cells at zero weight)."""
     folder = tmp_path / "dump"
     env = {"ELASTICKV": "1", "ELASTICKV_POLICY": "h2o", "ELASTICKV_BUDGET": "0.5", "ELASTICKV_SINK": str(SINK),
-           "ELASTICKV_DUMP": str(folder)}
+           "ELASTICKV_FREE": "0", "ELASTICKV_DUMP": str(folder)}
     # -c 256 -b 1024: llama-perplexity decodes 4 chunks at once, one sequence each
     r = llama.tool("llama-perplexity", ["-c", "256", "-b", "1024", "-ub", "64", "--chunks", "4", "-t", "2", "-lv", "4",
                                         "-fa", "off", "-f", paths.relative(paths.WIKITEXT_TEST)]

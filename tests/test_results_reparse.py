@@ -11,8 +11,11 @@ parsers (nothing here runs llama.cpp):
 * bench: every llama-bench row equals its raw log, and the overheads equal decode_overhead.summarize of them;
   the same for the throughput runs of Table 6 and its aggregate's rows;
 * every llama.cpp log shows the hook's configuration echo exactly when the record says the hook was on, with
-  the record's mode, preset, scales, sink, EVICT_EVERY and WARM.
-Comparisons are exact: the records were produced by these parsers from these logs."""
+  the record's mode, preset, scales, sink, EVICT_EVERY and WARM, and the baseline echo exactly when a baseline
+  policy ran, with its policy, budget, RECENT, HEAVY_RATIO, SEED, PYRAMID_BETA (and SCOPE, FREE, KV_CELLS in
+  logs of the hook with the physical cap).
+Comparisons are exact: the records were produced by these parsers from these logs. Records made before the
+physical cap lack the log's real-memory metrics (REAL_MEMORY) and the measured peak_rss_mib."""
 
 from __future__ import annotations
 
@@ -77,7 +80,17 @@ def echo_differences(rec: dict, text: str) -> list[str]:
     want = {"mode": cfg["mode"], "preset": cfg["preset"], "sink": str(cfg["sink"]),
             "evict_every": str(cfg["evict_every"]), "warm": str(cfg["warm"]),
             "scale_k": f"{cfg['scale_k']:.4g}", "scale_v": f"{cfg['scale_v']:.4g}"}  # the hook prints %.4g
-    return [f"echo {k}={echo.get(k)}, record {v}" for k, v in want.items() if echo.get(k) != v]
+    diffs = [f"echo {k}={echo.get(k)}, record {v}" for k, v in want.items() if echo.get(k) != v]
+    policy, name = logparse.elastickv_policy(text), cfg.get("policy", "elastickv")
+    if (policy is not None) != (name != "elastickv"):
+        return diffs + [f"baseline echo {'present' if policy else 'absent'} but policy={name}"]
+    if policy is None:
+        return diffs
+    budget = cfg["budget"] if isinstance(cfg["budget"], int) else float(f"{cfg['budget']:.6f}")  # std::to_string
+    want = {"policy": name, "budget": budget, "recent": cfg["recent"], "seed": cfg["seed"],
+            "heavy_ratio": float(f"{cfg['heavy_ratio']:.3g}"), "pyramid_beta": float(f"{cfg['pyramid_beta']:.3g}")}
+    want |= {k: cfg.get(k) for k in ("scope", "free", "kv_cells") if k in policy}  # the hook with the cap
+    return diffs + [f"baseline echo {k}={policy[k]!r}, record {v!r}" for k, v in want.items() if policy[k] != v]
 
 
 def check(group: str, expected) -> None:
@@ -97,12 +110,16 @@ def test_every_archived_record_is_covered():
 
 #: KLD percentiles that records written before logparse read right-aligned lines lack (every archived one)
 LOW = {"5.0%", "1.0%", "0.1%"}
+#: the log's real-memory metrics (ppl.log_metrics), which records made before the physical cap lack
+REAL_MEMORY = ("kv_real_mib", "kv_cells", "n_ctx", "kv_bytes_per_token", "kv_buffer_mib", "hook_state_mib")
 
 
 @pytest.mark.parametrize("group", groups("perplexity"))
 def test_perplexity_metrics_equal_their_log_and_stats(group):
     def expected(rel, rec, text):
         want = ppl.log_metrics(text, rec["settings"]["kld"])
+        if not any(k in rec["metrics"] for k in REAL_MEMORY):  # made before the physical cap: the rest must be equal
+            want = {k: v for k, v in want.items() if k not in REAL_MEMORY}
         if "kld_quantiles" in want and set(want["kld_quantiles"]) - set(rec["metrics"]["kld_quantiles"]) == LOW:
             # written before logparse read the right-aligned percentiles (" 5.0%   KLD:"): the rest must be equal
             want["kld_quantiles"] = {k: v for k, v in want["kld_quantiles"].items() if k not in LOW}
@@ -120,6 +137,8 @@ def test_perplexity_metrics_equal_their_log_and_stats(group):
             want |= ppl.hook_metrics(None, "elastickv")
         else:  # stats kept outside the archive: the log's part only
             return differences(want, rec)
+        if "peak_rss_mib" in rec["metrics"]:  # measured by ppl.run, not in the log
+            want["peak_rss_mib"] = rec["metrics"]["peak_rss_mib"]
         if json.dumps(want) != json.dumps(rec["metrics"]):  # every metric, in the driver's order
             return differences(want, rec) or [f"metrics {list(rec['metrics'])} not in the driver's order {list(want)}"]
         return []

@@ -15,7 +15,7 @@ from functools import lru_cache
 
 import pytest
 
-from elastickv import logparse, paths, policies, schema
+from elastickv import envvars, logparse, paths, policies, schema
 
 sys.path.insert(0, str(paths.ROOT / "scripts" / "eval"))
 import longbench_v2_eval as lb  # noqa: E402
@@ -72,6 +72,22 @@ RECORDS = {
     "routing-h2o": rec("routing", "h2o"),
     "routing-streaming": rec("routing", "streaming"),
     "bench": lambda r: r["kind"] == "bench",
+    "perplexity-off-capped": rec("perplexity", "off", "base"),
+    "perplexity-h2o-capped": rec("perplexity", "h2o"),
+}
+
+#: what records made since the physical KV cap (ELASTICKV_KV_CELLS) add to an archived one (none is archived yet):
+#: {case: {section: keys}}
+CAPPED = {
+    "perplexity-off-capped": {"metrics": {"kv_real_mib": 11.25, "kv_cells": 512, "n_ctx": 512,
+                                          "kv_bytes_per_token": 23040.0, "kv_buffer_mib": 11.25,
+                                          "hook_state_mib": None, "peak_rss_mib": 312.5},
+                              "elastickv": {"kv_cells": 0}},
+    "perplexity-h2o-capped": {"metrics": {"kv_real_mib": 5.62, "kv_cells": 256, "n_ctx": 512,
+                                          "kv_bytes_per_token": 11509.76, "kv_buffer_mib": 5.62,
+                                          "hook_state_mib": 0.47, "peak_rss_mib": 298.0, "resident_cells": 0.45,
+                                          "union_kept_cells": 0.45, "freed_cells": 1200, "max_used_cells": 250},
+                              "elastickv": {"scope": "shared", "free": True, "kv_cells": 256}},
 }
 
 #: defects every record must be refused for: (label, path, value); DELETE removes the key
@@ -140,7 +156,40 @@ SPECIFIC = {
         ("bitmap-present", ("metrics", "bitmap"), 1.2),
         ("sparsity-null", ("metrics", "sparsity_k_all"), None),
     ],
-    "perplexity-streaming": [("hist-present", ("metrics", "hist"), {"k": [0] * 33, "v": [0] * 33})],
+    "perplexity-streaming": [
+        ("hist-present", ("metrics", "hist"), {"k": [0] * 33, "v": [0] * 33}),
+        ("real-memory-partial", ("metrics", "kv_real_mib"), 11.25),  # the log's real-memory metrics come together
+        ("cell-use-partial", ("metrics", "resident_cells"), 0.5),
+        ("scope-unknown", ("elastickv", "scope"), "layer"),
+    ],
+    "perplexity-off-capped": [
+        ("hook_state_mib-with-hook-off", ("metrics", "hook_state_mib"), 0.5),
+        ("kv_cells-zero", ("metrics", "kv_cells"), 0),
+        ("kv_cells-float", ("metrics", "kv_cells"), 512.0),
+        ("n_ctx-missing", ("metrics", "n_ctx"), DELETE),
+        ("kv_bytes_per_token-zero", ("metrics", "kv_bytes_per_token"), 0.0),
+        ("kv_buffer_mib-negative", ("metrics", "kv_buffer_mib"), -1.0),
+        ("kv_real_mib-nan", ("metrics", "kv_real_mib"), NAN),
+        ("peak_rss_mib-zero", ("metrics", "peak_rss_mib"), 0.0),
+        ("peak_rss_mib-infinity", ("metrics", "peak_rss_mib"), INF),
+        ("scope-without-token-policy", ("elastickv", "scope"), "head"),
+        ("free-without-token-policy", ("elastickv", "free"), True),
+        ("config-kv_cells-negative", ("elastickv", "kv_cells"), -1),
+    ],
+    "perplexity-h2o-capped": [
+        ("hook_state_mib-null", ("metrics", "hook_state_mib"), None),
+        ("hook_state_mib-negative", ("metrics", "hook_state_mib"), -0.5),
+        ("resident_cells-above-1", ("metrics", "resident_cells"), 1.5),
+        ("union_kept_cells-zero", ("metrics", "union_kept_cells"), 0.0),
+        ("freed_cells-negative", ("metrics", "freed_cells"), -1),
+        ("max_used_cells-zero", ("metrics", "max_used_cells"), 0),
+        ("max_used_cells-missing", ("metrics", "max_used_cells"), DELETE),
+        ("kv_buffer_mib-missing", ("metrics", "kv_buffer_mib"), DELETE),
+        ("scope-unknown", ("elastickv", "scope"), "layer"),
+        ("free-string", ("elastickv", "free"), "1"),
+        ("config-kv_cells-float", ("elastickv", "kv_cells"), 256.5),
+        ("pyramidkv-shared", ("elastickv", "policy"), "pyramidkv"),
+    ],
     "perplexity-topk_entries": [
         ("kept_entries-missing", ("metrics", "kept_entries"), DELETE),
         ("kept_entries-above-1", ("metrics", "kept_entries"), 1.2),
@@ -210,7 +259,8 @@ SPECIFIC = {case: [("number-banana", NUMBER.get(case, ("metrics", "kv_mib")), "b
             for case in RECORDS}
 
 AGGREGATES = {
-    "ppl_tables": "results_all.json", "head_to_head": "head_to_head.json", "f5_niah": "niah/smollm2-135m.json",
+    "ppl_tables": "results_all.json", "head_to_head": "head_to_head.json", "real_memory": "real_memory.json",
+    "f5_niah": "niah/smollm2-135m.json",
     "f5_niah-policies": "niah_policies/smollm2-135m.json", "routing_sweep": "routing_sweep.json",
     "throughput_tables": "throughput/throughput.json", "f1_ppl_analysis": "ppl_vs_accuracy.json",
     "f1_ppl_analysis-kv_heads": "kv_heads_vs_ppl.json", "f1_deep_analysis": "ppl/paired_chunks.json",
@@ -243,6 +293,15 @@ AGG_SPECIFIC = {  # paths inside data
         ("kld-nan", ("entries", 0, "kld", "value"), NAN),
         ("baseline-kv_mib", ("baselines", M, "kv_mib"), -1.0),
         ("baselines-missing", ("baselines",), DELETE),
+    ],
+    "real_memory": [  # entries[0] is the first compared run of the first panel: f16 alone (group cap, method none)
+        ("kv_real_mib-zero", ("entries", 0, "kv_real_mib"), 0.0),
+        ("kld-nan", ("entries", 0, "kld", "value"), NAN),
+        ("group-unknown", ("entries", 0, "group"), "logical"),
+        ("cap-without-flash-attn", ("entries", 0, "flash_attn"), False),
+        ("none-with-budget", ("entries", 0, "budget"), 0.5),
+        ("pending-string", ("panels", 0, "pending"), "none"),
+        ("panels-missing", ("panels",), DELETE),
     ],
     "f5_niah": [
         ("depth-above-1", ("cells", 0, "depth"), 1.5),
@@ -346,7 +405,10 @@ def longbench_aggregate() -> dict:
 def load(case: str, table: dict) -> dict:
     if table is AGGREGATES:
         return longbench_aggregate() if AGGREGATES[case] is None else json.loads(archive()[AGGREGATES[case]])
-    return json.loads(archive()[first(RECORDS[case])])
+    obj = json.loads(archive()[first(RECORDS[case])])
+    for section, keys in CAPPED.get(case, {}).items():
+        obj[section] |= keys
+    return obj
 
 
 def mutate(obj: dict, path: tuple, value: object) -> dict:
@@ -460,6 +522,19 @@ def test_date_time_checker():
     assert not any(schema.is_date_time(s) for s in bad)
 
 
+def test_cell_use_only_with_a_token_policy():
+    """The evict_pass figures (stats.summarize_policy) belong to token policies: the whole group is refused on a
+    record of the hook off, ElasticKV or an element policy."""
+    group = ("resident_cells", "union_kept_cells", "freed_cells", "max_used_cells")
+    cell_use = {k: CAPPED["perplexity-h2o-capped"]["metrics"][k] for k in group}
+    for case in ("perplexity-off-capped", "perplexity-elastickv-compare", "perplexity-topk_entries"):
+        obj = load(case, RECORDS)
+        obj["metrics"] |= cell_use
+        errors = schema.errors(obj, schema.RECORD)
+        assert any("False schema" in e for e in errors), (case, errors)
+        assert not any("dependency" in e for e in errors), (case, errors)
+
+
 def test_policy_lists_match_the_harness():
     common = json.loads((paths.ROOT / "scripts/elastickv/schemas/common.schema.json").read_text())["$defs"]
     assert tuple(common["tokenPolicy"]["enum"]) == policies.TOKEN_POLICIES
@@ -467,3 +542,4 @@ def test_policy_lists_match_the_harness():
     assert tuple(common["elastickvPolicy"]["enum"]) == policies.NAMES
     scored = {p for p in policies.TOKEN_POLICIES if policies.policy(p).score != "none"}
     assert set(common["scorePolicy"]["enum"]) == scored
+    assert tuple(common["elastickv"]["properties"]["scope"]["enum"]) == envvars.SCOPES

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 # SPDX-License-Identifier: Apache-2.0
 """Decode overhead of the ElasticKV pass, measured with llama-bench: hook off, full mode and incremental
-mode interleaved in one run, at each context depth.
+mode interleaved in one run, at each context depth. With --cap N: the physical cap instead, hook off against
+streaming eviction through N cells (ELASTICKV_KV_CELLS; fewer cells to attend at the same depth).
 
 Each round runs llama-bench once per variant (`-p 0 -n N -d DEPTH -o jsonl`), in a rotating order so that
 slow drifts of a shared machine hit every variant alike. The overhead of a variant in a round is
@@ -10,6 +11,12 @@ over rounds, and the raw llama-bench rows. With WARM = 128 and EVICT_EVERY = 64,
 at depth d runs 4 passes, each over d cells (full) or 64 new cells (incremental).
 
 Targets (on a GPU, depth 4096): at most 0.4 % in full mode and 0.1 % in incremental mode.
+
+--cap N --cap-budget B: variants off and capped (ELASTICKV_POLICY=streaming, ELASTICKV_BUDGET=B cells,
+ELASTICKV_KV_CELLS=N); the hook refuses a cap that cannot hold B plus a batch, so pass llama-bench a matching
+batch (e.g. --bench-args -b 512 -ub 512 for N = 4096, B = 3521). The depth is prefilled through the cap too.
+Record: results/bench/cap_speed_<variant>.json; "capped" carries the same figures as full/incremental, a
+negative overhead being a speed-up (ratio_mean < 1).
 """
 
 from __future__ import annotations
@@ -36,10 +43,17 @@ def bench_rows(text: str) -> list[dict]:
     return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
 
 
+def cap_variants(cap: int, budget: int) -> dict[str, dict[str, str]]:
+    """The variants of --cap: the hook off, and streaming eviction of `budget` cells through `cap` cells."""
+    return {"off": {}, "capped": envvars.hook_env(policy="streaming", budget=str(budget), kv_cells=str(cap))}
+
+
 def bench_once(binary: Path, model: Path, depth: int, n_gen: int, threads: int, variant: str, preset: str,
-               log_path: Path, variant_flags: list[str]) -> dict:
+               log_path: Path, variant_flags: list[str], variants: dict | None = None) -> dict:
     hook = {}
-    if variant != "off":
+    if variants is not None:
+        hook = variants[variant]
+    elif variant != "off":
         hook = envvars.hook_env(preset=preset) | VARIANTS[variant]
     cmd = [paths.relative(binary), "-m", paths.relative(model), "-p", "0", "-n", str(n_gen), "-d", str(depth),
            "-r", "1", "--no-warmup", "-fa", "1", "-t", str(threads), "-o", "jsonl", *variant_flags]
@@ -58,7 +72,7 @@ def summarize(runs: list[dict], depths: list[int]) -> dict:
             if r["row"]["n_depth"] == depth:
                 per_round.setdefault(r["round"], {})[r["variant"]] = r["row"]["avg_ns"] / r["row"]["n_gen"]
         entry = {"ns_per_token_off": [v["off"] for v in per_round.values()]}
-        for variant in ("full", "incremental"):
+        for variant in sorted({r["variant"] for r in runs} - {"off"}):
             over = [v[variant] / v["off"] - 1.0 for v in per_round.values() if variant in v and "off" in v]
             entry[variant] = {
                 "overhead_pct_mean": 100 * statistics.fmean(over),
@@ -84,13 +98,24 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=None,
                     help="record path (default: results/bench/decode_overhead_<variant>.json)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing record")
+    ap.add_argument("--cap", type=int, default=None,
+                    help="measure the physical cap instead: ELASTICKV_KV_CELLS of the capped variant")
+    ap.add_argument("--cap-budget", type=int, default=None, help="with --cap: ELASTICKV_BUDGET in cells (streaming)")
     ap.add_argument("--bench-args", nargs=argparse.REMAINDER, default=[],
                     help="extra llama-bench arguments (e.g. -ngl 99), must come last")
     args = ap.parse_args()
     if args.rounds < 1 or args.n_gen < 1:
         ap.error("--rounds and --n-gen must be at least 1")
+    if (args.cap is None) != (args.cap_budget is None):
+        ap.error("--cap and --cap-budget go together")
+    variants = None
+    if args.cap is not None:
+        if not 1 <= args.cap_budget < args.cap:
+            ap.error("--cap-budget must be at least 1 and below --cap")
+        variants = cap_variants(args.cap, args.cap_budget)
 
-    out = args.out or paths.RESULTS / "bench" / f"decode_overhead_{args.variant}.json"
+    stem = "decode_overhead" if variants is None else "cap_speed"
+    out = args.out or paths.RESULTS / "bench" / f"{stem}_{args.variant}.json"
     if out.exists() and not args.force:
         print(f"decode_overhead: {paths.relative(out)} exists; pass --force to measure again", file=sys.stderr)
         return 1
@@ -104,7 +129,7 @@ def main() -> int:
     log_dir = out.with_suffix("")
     log_dir.mkdir(parents=True, exist_ok=True)
 
-    order = list(VARIANTS)
+    order = list(VARIANTS if variants is None else variants)
     runs = []
     started = results.now()
     with Progress(len(args.depths) * args.rounds * len(order), "llama-bench runs") as bar:
@@ -115,7 +140,7 @@ def main() -> int:
                     log = log_dir / f"d{depth}_r{rnd}_{variant}.jsonl.log"
                     try:
                         r = bench_once(binary, model, depth, args.n_gen, args.threads, variant, args.preset, log,
-                                       args.bench_args)
+                                       args.bench_args, variants)
                     except tools.ToolError as e:
                         print(f"decode_overhead: {e}", file=sys.stderr)
                         return 1
@@ -125,14 +150,15 @@ def main() -> int:
 
     settings = {"depths": args.depths, "n_gen": args.n_gen, "rounds": args.rounds, "threads": args.threads,
                 "preset": args.preset, "variant": args.variant, "flash_attn": True, "bench_args": args.bench_args,
-                "variants": VARIANTS}
+                "variants": VARIANTS if variants is None else variants}
     metrics = {"overhead": summarize(runs, args.depths), "runs": runs}
     record = results.record("bench", out.stem, started, ["python3", *sys.argv], {},
-                            envvars.resolve(envvars.hook_env(preset=args.preset)), settings, args.variant,
+                            envvars.resolve(envvars.hook_env(preset=args.preset) if variants is None else variants["capped"]),
+                            settings, args.variant,
                             paths.relative(binary), model_name, None, metrics, log_dir)
     results.write_json_atomic(out, record)
     for depth, e in record["metrics"]["overhead"].items():
-        for variant in ("full", "incremental"):
+        for variant in [k for k in e if k != "ns_per_token_off"]:
             v = e[variant]
             std = f" ± {v['overhead_pct_std']:.2f}" if v["overhead_pct_std"] is not None else ""
             print(f"depth {depth:>6} {variant:12s}: overhead {v['overhead_pct_mean']:+.2f}%{std} "

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .policies.common import parse_budget
+from .policies.common import budget_cells, parse_budget
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,15 @@ VARS: tuple[Var, ...] = (
     Var("ELASTICKV_SEED", "42", "an integer in [0, 9223372036854775807]", "random_tokens and random_entries: seed of the hash"),
     Var("ELASTICKV_PYRAMID_BETA", "20", "a number in [1, 1000000]",
         "pyramidkv: the top layer keeps budget/beta cells, the bottom 2*budget - budget/beta"),
+    Var("ELASTICKV_SCOPE", "head", "head or shared",
+        "token policies: head: a keep set per layer and KV head; shared: one keep set per sequence for all layers "
+        "and heads (scores summed over them), so every eviction frees a cell"),
+    Var("ELASTICKV_FREE", "1", "0 or 1",
+        "token policies: 1 frees a cell evicted in every layer and KV head (later tokens reuse it); 0 keeps it "
+        "allocated behind the attention bias (logical eviction)"),
+    Var("ELASTICKV_KV_CELLS", "0", "0 (the context size), or an integer in [1, context size per sequence]",
+        "cells allocated per KV stream: a physical cap, with n_ctx and positions unchanged; needs a token policy "
+        "whose evictions free cells (streaming, random_tokens, or h2o/scissorhands with ELASTICKV_SCOPE=shared)"),
 )
 
 BY_NAME = {v.name: v for v in VARS}
@@ -63,6 +72,8 @@ MODES = ("full", "incremental")
 POLICIES = ("elastickv", "streaming", "h2o", "scissorhands", "pyramidkv", "random_tokens", "random_entries",
             "topk_entries")
 TOKEN_POLICIES = ("streaming", "h2o", "scissorhands", "pyramidkv", "random_tokens")
+#: ELASTICKV_SCOPE values (token policies)
+SCOPES = ("head", "shared")
 _ELASTICKV_ONLY = ("ELASTICKV_PRESET", "ELASTICKV_SCALE_K", "ELASTICKV_SCALE_V", "ELASTICKV_MODE")
 _BASELINE_ONLY = ("ELASTICKV_BUDGET", "ELASTICKV_RECENT", "ELASTICKV_HEAVY_RATIO", "ELASTICKV_SEED",
                   "ELASTICKV_PYRAMID_BETA")
@@ -80,7 +91,10 @@ def resolve(env: dict[str, str]) -> dict:
     """The configuration the hook resolves from ``env`` (defaults < preset < explicit scales).
 
     Validates the context-free rules as the hook does; context-dependent limits (SINK and WARM within
-    the context, HEAD_DIM equal to the model's, cache types) are checked by the hook itself.
+    the context, HEAD_DIM equal to the model's, cache types; KV_CELLS within the context per sequence, with a
+    policy whose evictions free cells and enough cells for the batch, llama-elastickv-cap.cpp) are checked by
+    the hook itself. ``kv_cells`` (0: no cap) is resolved for every policy, ``scope`` and ``free`` for the token
+    policies only (the others refuse them).
     """
     for key in env:
         if (key == "ELASTICKV" or key.startswith("ELASTICKV_")) and key not in BY_NAME:
@@ -139,11 +153,13 @@ def resolve(env: dict[str, str]) -> dict:
         "mode": mode,
         "stats": env.get("ELASTICKV_STATS"),
         "dump": env.get("ELASTICKV_DUMP"),
+        "kv_cells": integer("ELASTICKV_KV_CELLS", 0, 2**31 - 1),
     }
 
 
 def _resolve_policy(env: dict[str, str]) -> dict:
-    """ELASTICKV_POLICY and the baselines' budget, refused as the hook refuses them (unused variables too)."""
+    """ELASTICKV_POLICY, the baselines' budget and the token policies' SCOPE and FREE, refused as the hook
+    refuses them (unused variables too)."""
     policy = env.get("ELASTICKV_POLICY", "elastickv")
     if policy not in POLICIES:
         _fail("ELASTICKV_POLICY", policy, "is not a policy")
@@ -153,6 +169,10 @@ def _resolve_policy(env: dict[str, str]) -> dict:
             _fail(name, env[name], f"is set but ELASTICKV_POLICY={policy} {why}")
 
     out = {"policy": policy, "budget": None, "recent": "auto", "heavy_ratio": 0.8, "seed": 42, "pyramid_beta": 20.0}
+    token = policy in TOKEN_POLICIES
+    if not token:
+        unused("ELASTICKV_SCOPE", "evicts no cells")
+        unused("ELASTICKV_FREE", "evicts no cells")
     if policy == "elastickv":
         for name in _BASELINE_ONLY:
             unused(name, "does not use it (it sets the baselines' budget)")
@@ -166,7 +186,6 @@ def _resolve_policy(env: dict[str, str]) -> dict:
         b = parse_budget(text)
     except ValueError:
         _fail("ELASTICKV_BUDGET", text, "is not a budget")
-    token = policy in TOKEN_POLICIES
     if not token and b.fraction <= 0:
         _fail("ELASTICKV_BUDGET", text, f"is a cell count, but ELASTICKV_POLICY={policy} keeps a fraction of the K/V entries")
     out["budget"] = b.fraction if b.fraction > 0 else b.cells
@@ -210,12 +229,23 @@ def _resolve_policy(env: dict[str, str]) -> dict:
     out["heavy_ratio"] = number("ELASTICKV_HEAVY_RATIO", 0.0, 1.0, 0.8)
     out["seed"] = integer("ELASTICKV_SEED", 0, 2**63 - 1, 42)
     out["pyramid_beta"] = number("ELASTICKV_PYRAMID_BETA", 1.0, 1e6, 20.0)
+    if token:
+        scope = env.get("ELASTICKV_SCOPE", BY_NAME["ELASTICKV_SCOPE"].default)
+        if scope not in SCOPES:
+            _fail("ELASTICKV_SCOPE", scope, "is not a scope")
+        if scope == "shared" and policy == "pyramidkv":
+            _fail("ELASTICKV_SCOPE", scope, "cannot be used with ELASTICKV_POLICY=pyramidkv, whose budgets differ per "
+                  "layer (one keep set for all layers would drop them)")
+        out["scope"] = scope
+        out["free"] = integer("ELASTICKV_FREE", 0, 1, int(BY_NAME["ELASTICKV_FREE"].default)) == 1
     return out
 
 
-#: hook settings an experiment row may set (keyword names of :func:`hook_env`); the last six: the baselines
+#: hook settings an experiment row may set (keyword names of :func:`hook_env`); then the baselines' six, then the
+#: token policies' cell handling and the physical cap
 ROW_KEYS = ("preset", "scale_k", "scale_v", "sink", "mode", "warm",
-            "policy", "budget", "recent", "heavy_ratio", "seed", "pyramid_beta")
+            "policy", "budget", "recent", "heavy_ratio", "seed", "pyramid_beta",
+            "scope", "free", "kv_cells")
 
 
 def budget_text(kept: float) -> str:
@@ -251,3 +281,23 @@ def hook_env(enabled: bool = True, **settings: object) -> dict[str, str]:
         env[name] = str(value)
     resolve(env)
     return env
+
+
+def frees_all(resolved: dict) -> bool:
+    """Every eviction of this resolved configuration frees its cell (``llama_elastickv_frees_all``): a token policy
+    with FREE=1 that is position-only (streaming, random_tokens) or runs with SCOPE=shared (not pyramidkv)."""
+    p = resolved.get("policy")
+    if p not in TOKEN_POLICIES or p == "pyramidkv" or not resolved.get("free", True):
+        return False
+    return p in ("streaming", "random_tokens") or resolved.get("scope") == "shared"
+
+
+def min_kv_cells(budget: str, n_ctx_seq: int, n_batch: int, evict_every: int = 64, warm: int = 128,
+                 seqs_per_stream: int = 1) -> int:
+    """The smallest ELASTICKV_KV_CELLS the hook accepts (llama-elastickv-cap.cpp, which states why it suffices):
+    seqs_per_stream * max(B + EVICT_EVERY - 1, max(WARM, EVICT_EVERY) - 1) + n_batch, with B the budget at the
+    logical length n_ctx_seq, and never more than n_ctx_seq (the context size always suffices).
+    tests/test_real_memory.py checks that the hook refuses one cell less."""
+    B = budget_cells(parse_budget(budget), n_ctx_seq)
+    per = max(B + evict_every - 1, max(warm, evict_every) - 1)
+    return min(seqs_per_stream * per + n_batch, n_ctx_seq)

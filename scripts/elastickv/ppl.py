@@ -62,22 +62,35 @@ def _command(s: PplSettings, model_path: Path, kld: str | None, base: Path | Non
     return cmd + list(s.extra_args)
 
 
-def resident_ratio(kv: logparse.KvCacheInfo) -> float:
-    """f16-equivalent KV bytes over the real KV bytes of the run (1.00 for any dense f16 cache)."""
+def resident_ratio(kv: logparse.KvCacheInfo, ctx: logparse.ContextInfo) -> float:
+    """The f16 bytes of a cache holding the whole logical context over the real KV bytes of the run:
+    (K f16-equivalent + V f16-equivalent) * (logical cells / allocated cells) / (K + V), with n_ctx logical cells
+    (n_ctx_seq per stream) against the size line's cells per stream times its streams. 1.00 for a dense f16
+    cache of the full context; ELASTICKV_KV_CELLS (fewer cells than positions) raises it, quantized types too."""
     f16_mib = kv.k_mib * 16.0 / BITS_PER_VALUE[kv.k_type] + kv.v_mib * 16.0 / BITS_PER_VALUE[kv.v_type]
-    return f16_mib / (kv.k_mib + kv.v_mib)
+    return f16_mib * (ctx.n_ctx / (kv.cells * kv.streams)) / (kv.k_mib + kv.v_mib)
 
 
 def log_metrics(text: str, kld: str | None) -> dict:
     """The metrics a llama-perplexity log holds: KV cache size, types, rotation and resident ratio, flash
-    attention, and the PPL (with ``kld`` "compare", the whole KL-divergence block)."""
+    attention, the real memory of the cache against the logical context (cells, buffers, the hook's eviction
+    state), and the PPL (with ``kld`` "compare", the whole KL-divergence block). Everything is read from the
+    log, nothing from the hook's settings."""
     kv = logparse.kv_cache(text)
+    ctx = logparse.context(text)
+    state = logparse.elastickv_eviction_state(text)
     metrics: dict = {
         "kv_mib": kv.mib,
         "kv_types": [kv.k_type, kv.v_type],
         "hadamard_rotation": {"k": kv.rot_k, "v": kv.rot_v},
         "flash_attn": logparse.flash_attn(text),
-        "resident": resident_ratio(kv),
+        "resident": resident_ratio(kv, ctx),
+        "kv_real_mib": kv.mib,
+        "kv_cells": kv.cells,
+        "n_ctx": ctx.n_ctx,
+        "kv_bytes_per_token": kv.mib * 2**20 / ctx.n_ctx,
+        "kv_buffer_mib": logparse.kv_buffer_mib(text),
+        "hook_state_mib": state["mib"] if state else None,
     }
     if kld == "compare":
         k = logparse.kld_stats(text)
@@ -168,7 +181,7 @@ def run(name: str, s: PplSettings, out_dir: Path, kld: str | None = None, force:
     cmd = _command(s, model_path, kld, base)
     log_path = out_dir / f"{name}.log"
     started = results.now()
-    _, text = tools.run(cmd, log_path, hook_env)
+    _, text, peak_rss_kib = tools.run_measured(cmd, log_path, hook_env)
 
     metrics = log_metrics(text, kld)
     if stats_path is not None:
@@ -177,6 +190,7 @@ def run(name: str, s: PplSettings, out_dir: Path, kld: str | None = None, force:
         metrics["stats"] = paths.relative(stats.compress(stats_path))
     else:
         metrics |= hook_metrics(None, resolved["policy"])
+    metrics["peak_rss_mib"] = peak_rss_kib / 1024  # measured, not in the log
 
     record = results.record("perplexity", name, started, cmd, hook_env, resolved, settings, s.variant, cmd[0], s.model,
                             paths.ROOT / s.data, metrics, log_path)

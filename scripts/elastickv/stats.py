@@ -8,7 +8,9 @@ The state of a cache is the *last* pass of each sequence before it is rewound (`
 are what the run-level figures below are computed from.
 
 Compression accounting (SPEC.md §1): nominal = N / nnz; bitmap = 16 N / (N + 16 nnz) (dense f16 against a
-1-bit mask plus f16 non-zeros); resident = real bytes of the KV buffers, which zeroing never changes.
+1-bit mask plus f16 non-zeros); resident = f16 bytes of a full-context cache / real bytes of the KV cache
+(ppl.resident_ratio, from the log), which zeroing never changes and only a physical cap (ELASTICKV_KV_CELLS)
+or a quantized type raises.
 """
 
 from __future__ import annotations
@@ -128,10 +130,16 @@ def per_head(heads: list[dict]) -> list[dict]:
 
 # ---------------------------------------------------------------------------------------------- baselines
 # With ELASTICKV_POLICY other than elastickv the hook writes, per pass:
-#   {"record": "evict", ctx, pass, seq, pos_max, layer, head, n, budget, kept}   (token policies; per KV head)
+#   {"record": "evict", ctx, pass, seq, pos_max, layer, head, n, budget, kept}   (token policies; per KV head;
+#                                                                                  n: the logical length)
+#   {"record": "evict_pass", ctx, pass, seq, pos_max, scope, n_logical, budget,   (token policies, hook with the
+#    resident_before, freed, resident_after, union_kept, kv_size, used_after}     physical cap; per sequence)
 #   {"record": "entries", ctx, pass, layer, kv, n_obs, nnz_obs}                  (element policies; cells
 #                                                                                  outside the sinks)
-# A sequence's state is its last pass before its positions start again (a new chunk).
+# A sequence's state is its last pass before its positions start again (a new chunk). evict_pass: the cells the
+# sequence holds before and after the pass (resident_*), the cells freed (evicted in every layer and KV head),
+# the cells some keep set needs (union_kept) and the cells of its stream in use after the pass (used_after, of
+# kv_size).
 
 def _last_passes(recs: list[dict], key) -> list[int]:
     """Passes that end a segment: the next pass of the same key starts lower (pos_max) or there is none."""
@@ -147,12 +155,33 @@ def _last_passes(recs: list[dict], key) -> list[int]:
     return sorted(out)
 
 
+def _cell_use(passes: list[dict], finals: set[int]) -> dict:
+    """The physical cells of a token-policy run from its evict_pass records (summarize_policy); {} without
+    any (a hook from before cell freeing)."""
+    if not passes:
+        return {}
+
+    def share(key: str) -> float:
+        per_chunk = []
+        for p in sorted(finals):
+            rs = [r for r in passes if r["pass"] == p]
+            per_chunk.append(sum(r[key] for r in rs) / sum(r["n_logical"] for r in rs))
+        return float(np.mean(per_chunk))
+
+    return {"resident_cells": share("resident_after"), "union_kept_cells": share("union_kept"),
+            "freed_cells": sum(r["freed"] for r in passes), "max_used_cells": max(r["used_after"] for r in passes)}
+
+
 def summarize_policy(records: list[dict]) -> dict:
     """Kept fractions of a baseline run: at the final pass of every chunk, averaged over chunks.
 
-    Token policies: kept_cells = sum(kept) / sum(n) over layers and KV heads (the logical budget; evicted
-    cells keep their memory, resident bytes do not change). Element policies: sparsity of K and V over the
-    entries of the cells outside the sinks.
+    Token policies: kept_cells = sum(kept) / sum(n) over layers and KV heads (the logical budget). With
+    evict_pass records (the hook with cell freeing), what the cells cost: resident_cells = sum(resident_after) /
+    sum(n_logical) (the share of the logical context that still holds a cell) and union_kept_cells =
+    sum(union_kept) / sum(n_logical) (the cells the keep sets need: what a per-head scope must hold), at the
+    same final passes, mean over chunks; freed_cells (cells freed over every pass) and max_used_cells (the most
+    cells of a stream in use after any pass). Element policies: sparsity of K and V over the entries of the
+    cells outside the sinks.
     """
     ev = [r for r in records if r.get("record") == "evict"]
     en = [r for r in records if r.get("record") == "entries"]
@@ -168,9 +197,10 @@ def summarize_policy(records: list[dict]) -> dict:
                 layers[r["layer"]][0] += r["kept"]
                 layers[r["layer"]][1] += r["n"]
         kept = float(np.mean(per_chunk))
-        return {"kept_cells": kept, "kept_cells_per_chunk": per_chunk, "n_passes": len({r["pass"] for r in ev}),
-                "kept_per_layer": {str(k): v[0] / v[1] for k, v in sorted(layers.items())},
-                "sparsity_k_all": 1.0 - kept, "sparsity_v_all": 1.0 - kept, "nominal": 1.0 / kept}
+        out = {"kept_cells": kept, "kept_cells_per_chunk": per_chunk, "n_passes": len({r["pass"] for r in ev}),
+               "kept_per_layer": {str(k): v[0] / v[1] for k, v in sorted(layers.items())},
+               "sparsity_k_all": 1.0 - kept, "sparsity_v_all": 1.0 - kept, "nominal": 1.0 / kept}
+        return out | _cell_use([r for r in records if r.get("record") == "evict_pass"], finals)
     if en:
         # every pass lists all cells of the sequence: the last pass of each chunk is its final state
         passes = sorted({r["pass"] for r in en})

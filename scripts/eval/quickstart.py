@@ -8,9 +8,14 @@ Rows (all with flash attention on, -b = -ub = EVICT_EVERY, the same chunks of wi
   aggressive  f16 cache, ElasticKV preset aggressive (K 0.50 / V 0.50)
   q8_0        llama.cpp's q8_0 K/V cache, hook off
   q4_0        llama.cpp's q4_0 K/V cache, hook off
+  streaming         f16 cache, StreamingLLM eviction keeping 25 % of the positions, through the smallest physical
+                    cap that holds it (ELASTICKV_KV_CELLS): evicted cells are freed and reused
+  streaming+q4_0    the same eviction stacked with llama.cpp's q4_0 K/V cache
+  h2o-shared+q8_0   H2O with one keep set per sequence (ELASTICKV_SCOPE=shared), 25 %, capped, q8_0 K/V
 Columns: PPL ± error, KL divergence and top-1 agreement against baseline, K and V sparsity (all cells,
-sinks included), and the three compression figures of SPEC.md §1. Zeroing entries in a dense cache saves
-no memory: the resident figure of ElasticKV rows is 1.00x, and says so.
+sinks included; eviction rows: the fraction of positions evicted), the three compression figures of SPEC.md
+§1, and the real KV MiB llama.cpp allocated (its own log). Zeroing entries in a dense cache saves no memory: the
+resident figure of ElasticKV rows is 1.00x, and says so; eviction rows save what their smaller buffer saves.
 
 Each row writes <out>/<row>.json (schema: results/SCHEMA.md) and its raw log; the table goes to
 <out>/table.json and <out>/table.md. An interrupted run resumes: finished rows are reused.
@@ -26,14 +31,30 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import envvars, logparse, models, paths, ppl, results, tools  # noqa: E402
 from elastickv.progress import Progress  # noqa: E402
 
+#: the eviction rows keep this fraction of the positions, through the smallest cap that holds it
+EVICT_BUDGET = "0.25"
+
 ROWS = [
-    # name, cache type K/V, hook preset (None: hook off)
+    # name, cache type K/V, hook settings for envvars.hook_env (None: hook off)
     ("baseline", "f16", None),
-    ("sweet", "f16", "sweet"),
-    ("aggressive", "f16", "aggressive"),
+    ("sweet", "f16", {"preset": "sweet"}),
+    ("aggressive", "f16", {"preset": "aggressive"}),
     ("q8_0", "q8_0", None),
     ("q4_0", "q4_0", None),
+    ("streaming", "f16", {"policy": "streaming", "budget": EVICT_BUDGET}),
+    ("streaming+q4_0", "q4_0", {"policy": "streaming", "budget": EVICT_BUDGET}),
+    ("h2o-shared+q8_0", "q8_0", {"policy": "h2o", "scope": "shared", "budget": EVICT_BUDGET}),
 ]
+
+
+def hook_text(hook: dict | None, kv_cells: int | None) -> str:
+    """The table's ElasticKV column: off, the preset, or the eviction and its cap."""
+    if not hook:
+        return "off"
+    if "preset" in hook:
+        return hook["preset"]
+    scope = f" ({hook['scope']})" if "scope" in hook else ""
+    return f"{hook['policy']}{scope} {100 * float(hook['budget']):g} %, {kv_cells} cells"
 
 
 def fmt_pm(m: dict | None, scale: float = 1.0, digits: int = 4) -> str:
@@ -45,12 +66,13 @@ def fmt_pm(m: dict | None, scale: float = 1.0, digits: int = 4) -> str:
 def table_rows(records: dict[str, dict]) -> list[dict]:
     base_ppl = records["baseline"]["metrics"]["ppl"]["value"]
     rows = []
-    for name, ctype, preset in ROWS:
-        m = records[name]["metrics"]
+    for name, ctype, hook in ROWS:
+        rec = records[name]
+        m = rec["metrics"]
         rows.append({
             "row": name,
             "cache": f"{ctype}/{ctype}",
-            "elastickv": preset or "off",
+            "elastickv": hook_text(hook, rec["elastickv"].get("kv_cells")),
             "ppl": m["ppl"],
             "ppl_delta_pct": 100.0 * (m["ppl"]["value"] / base_ppl - 1.0),
             "kld": m["kld"],
@@ -60,6 +82,7 @@ def table_rows(records: dict[str, dict]) -> list[dict]:
             "nominal": m["nominal"],
             "bitmap": m["bitmap"],
             "resident": m["resident"],
+            "real_kv_mib": m["kv_real_mib"],
             "record": f"{name}.json",
         })
     return rows
@@ -67,15 +90,16 @@ def table_rows(records: dict[str, dict]) -> list[dict]:
 
 def markdown(rows: list[dict], meta: dict) -> str:
     head = ("| row | cache K/V | ElasticKV | PPL ± err | ΔPPL | KLD ± err | top-1 agree % | K sparsity | V sparsity "
-            "| nominal | bitmap | resident |")
-    lines = [head, "|" + "---|" * 12]
+            "| nominal | bitmap | resident | real KV MiB |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         bitmap = f"{r['bitmap']:.2f}×" if r["bitmap"] is not None else "—"
-        resident = f"{r['resident']:.2f}×" + (" (dense: zeros saved no memory)" if r["elastickv"] != "off" else "")
+        zeros = r["elastickv"] in ("sweet", "aggressive")
+        resident = f"{r['resident']:.2f}×" + (" (dense: zeros saved no memory)" if zeros else "")
         lines.append(
             f"| {r['row']} | {r['cache']} | {r['elastickv']} | {fmt_pm(r['ppl'])} | {r['ppl_delta_pct']:+.2f}% "
             f"| {fmt_pm(r['kld'], digits=5)} | {fmt_pm(r['same_top_p_pct'], digits=2)} | {100 * r['sparsity_k']:.1f}% "
-            f"| {100 * r['sparsity_v']:.1f}% | {r['nominal']:.2f}× | {bitmap} | {resident} |")
+            f"| {100 * r['sparsity_v']:.1f}% | {r['nominal']:.2f}× | {bitmap} | {resident} | {r['real_kv_mib']:.2f} |")
     lines.append("")
     lines.append(f"Model {meta['model']} ({meta['model_sha256'][:12]}), {meta['data']}, c={meta['ctx']}, "
                  f"-b/-ub {meta['batch']}, {meta['chunks']} chunk{'s' if meta['chunks'] != 1 else ''} run, "
@@ -83,7 +107,9 @@ def markdown(rows: list[dict], meta: dict) -> str:
                  f"of each chunk), -fa on, {meta['device']}, commit {meta['git'][:10]}, "
                  f"llama.cpp {meta['upstream']}. KLD/top-1 against the baseline's logits. Sparsity over all cells of "
                  f"each sequence's final cache (sinks included). nominal = N/nnz, bitmap = 16N/(N+16nnz), "
-                 f"resident = f16 bytes / real KV bytes.")
+                 f"resident = f16 bytes of a full-context cache / real KV bytes, and real KV MiB, both from llama.cpp's "
+                 f"own log. Eviction rows free the evicted cells into a cache of that many cells (ELASTICKV_KV_CELLS); "
+                 f"their sparsity is the fraction of positions evicted.")
     return "\n".join(lines)
 
 
@@ -111,8 +137,14 @@ def main() -> int:
         args.out / f"{model}-c{args.ctx}-n{args.chunks}"
     data = paths.relative(paths.WIKITEXT_TEST)
 
-    def settings(ctype: str, preset: str | None) -> ppl.PplSettings:
-        hook = envvars.hook_env(preset=preset, evict_every=args.evict_every) if preset else {}
+    def settings(ctype: str, hook_settings: dict | None) -> ppl.PplSettings:
+        hook = {}
+        if hook_settings:
+            extra = {}
+            if "policy" in hook_settings:  # eviction: the smallest physical cap that holds the budget
+                extra["kv_cells"] = envvars.min_kv_cells(hook_settings["budget"], args.ctx, args.evict_every,
+                                                         args.evict_every)
+            hook = envvars.hook_env(**hook_settings, **extra, evict_every=args.evict_every)
         return ppl.PplSettings(model=model, data=data, ctx=args.ctx, batch=args.evict_every, chunks=chunks,
                                cache_type_k=ctype, cache_type_v=ctype, threads=args.threads, variant=args.variant,
                                hook=hook)
@@ -122,8 +154,8 @@ def main() -> int:
         with Progress(len(ROWS) + 1, "quickstart runs") as bar:
             ppl.run("baseline-base", settings("f16", None), out, kld="base", force=args.force)
             bar.update()
-            for name, ctype, preset in ROWS:
-                records[name] = ppl.run(name, settings(ctype, preset), out, kld="compare", force=args.force)
+            for name, ctype, hook in ROWS:
+                records[name] = ppl.run(name, settings(ctype, hook), out, kld="compare", force=args.force)
                 bar.update()
     except (tools.ToolError, ppl.RecordMismatch, FileNotFoundError) as e:
         print(f"quickstart: {e}", file=sys.stderr)

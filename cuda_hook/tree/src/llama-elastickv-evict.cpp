@@ -24,68 +24,150 @@ static const ggml_tensor * ekv_root(const ggml_tensor * t) {
     return t;
 }
 
+static const float EKV_EVICTED = -1e30f; // the bias of an evicted cell (see llama-elastickv-evict.h)
+
 llama_elastickv_evict::llama_elastickv_evict(
-        const llama_elastickv_policy_desc & desc,
-        const llama_elastickv_budget      & budget,
-        int32_t                              sink,
-        llama_kv_cache                     * kv,
-        const llama_hparams                & hparams,
-        const std::vector<ggml_backend_t>  & backends,
-        const std::string                  & dump_dir)
-    : desc(desc), budget(budget), sink(sink), kv(kv), kv_size(kv->get_size()), n_stream(kv->n_stream), dump_dir(dump_dir) {
+        const llama_elastickv_policy_desc  & desc,
+        const llama_elastickv_budget       & budget,
+        const llama_elastickv_evict_params & params,
+        llama_kv_cache                      * kv,
+        const llama_hparams                 & hparams,
+        const std::vector<ggml_backend_t>   & backends)
+    : desc(desc), budget(budget), params(params), kv(kv), kv_size(kv->get_size()), n_stream(kv->n_stream) {
     int32_t il_max = 0;
     for (const auto & L : kv->layers) {
         il_max = std::max(il_max, (int32_t) L.il);
     }
     by_il.assign(il_max + 1, -1);
 
-    // one context and buffer per buffer type holding K
+    // one device state per buffer type holding K
     std::vector<ggml_backend_buffer_type_t> bufts;
-    std::vector<std::vector<size_t>>        members;
     for (const auto & L : kv->layers) {
         layer l;
         l.il     = (int32_t) L.il;
         l.n_head = (int32_t) hparams.n_head_kv(L.il);
         l.k      = L.k;
         ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(L.k->buffer);
-        l.backend = nullptr;
-        for (auto * b : backends) {
-            if (ggml_backend_supports_buft(b, buft)) {
-                l.backend = b;
-                break;
-            }
-        }
-        if (!l.backend) {
-            throw std::runtime_error(std::string("elastickv: no backend of this context can access the KV buffer type ") +
-                ggml_backend_buft_name(buft));
-        }
         size_t d = std::find(bufts.begin(), bufts.end(), buft) - bufts.begin();
         if (d == bufts.size()) {
+            ggml_backend_t backend = nullptr;
+            for (auto * b : backends) {
+                if (ggml_backend_supports_buft(b, buft)) {
+                    backend = b;
+                    break;
+                }
+            }
+            if (!backend) {
+                throw std::runtime_error(std::string("elastickv: no backend of this context can access the KV buffer type ") +
+                    ggml_backend_buft_name(buft));
+            }
             bufts.push_back(buft);
-            members.emplace_back();
+            devs.emplace_back();
+            devs.back().backend = backend;
         }
-        members[d].push_back(layers.size());
+        l.dev = (int32_t) d;
         l.evicted.assign(n_stream, std::vector<uint8_t>((size_t) l.n_head*kv_size, 0));
         by_il[l.il] = (int32_t) layers.size();
         layers.push_back(std::move(l));
     }
-    for (size_t d = 0; d < bufts.size(); ++d) {
-        ggml_init_params ip = { ggml_tensor_overhead()*2*members[d].size(), nullptr, true };
-        ctxs.emplace_back(ggml_init(ip));
-        for (size_t i : members[d]) {
-            auto & l = layers[i];
-            l.bias = ggml_new_tensor_3d(ctxs.back().get(), GGML_TYPE_F32, kv_size, l.n_head, n_stream);
-            if (uses_scores()) {
-                l.score = ggml_new_tensor_3d(ctxs.back().get(), GGML_TYPE_F32, kv_size, l.n_head, n_stream);
+    const bool with_bias = !params.flash_attn;
+    for (size_t d = 0; d < devs.size(); ++d) {
+        auto & D = devs[d];
+        size_t n = 0;
+        for (auto & l : layers) {
+            if (l.dev == (int32_t) d) {
+                l.off_bias = n;
+                n += with_bias ? (size_t) l.n_head*kv_size*n_stream : 0;
             }
         }
-        bufs.emplace_back(ggml_backend_alloc_ctx_tensors_from_buft(ctxs.back().get(), bufts[d]));
-        if (!bufs.back()) {
-            throw std::runtime_error(std::string("elastickv: failed to allocate the eviction bias on ") + ggml_backend_buft_name(bufts[d]));
+        D.n_bias = n;
+        for (auto & l : layers) {
+            if (l.dev == (int32_t) d && uses_scores()) {
+                l.off_score = n;
+                n += (size_t) l.n_head*kv_size*n_stream;
+            }
         }
-        ggml_backend_buffer_clear(bufs.back().get(), 0);
+        ggml_init_params ip = { ggml_tensor_overhead()*(2 + 2*layers.size()), nullptr, true };
+        D.ctx.reset(ggml_init(ip));
+        D.state = ggml_new_tensor_1d(D.ctx.get(), GGML_TYPE_F32, std::max<size_t>(n, 1));
+        D.keep  = ggml_new_tensor_3d(D.ctx.get(), GGML_TYPE_F32, kv_size, 1, n_stream);
+        for (auto & l : layers) {
+            if (l.dev != (int32_t) d) {
+                continue;
+            }
+            const size_t nb1 = (size_t) kv_size*sizeof(float), nb2 = nb1*l.n_head;
+            if (with_bias) {
+                l.bias = ggml_view_3d(D.ctx.get(), D.state, kv_size, l.n_head, n_stream, nb1, nb2, l.off_bias*sizeof(float));
+            }
+            if (uses_scores()) {
+                l.score = ggml_view_3d(D.ctx.get(), D.state, kv_size, l.n_head, n_stream, nb1, nb2, l.off_score*sizeof(float));
+            }
+        }
+        D.buf.reset(ggml_backend_alloc_ctx_tensors_from_buft(D.ctx.get(), bufts[d]));
+        if (!D.buf) {
+            throw std::runtime_error(std::string("elastickv: failed to allocate the eviction state on ") + ggml_backend_buft_name(bufts[d]));
+        }
+        ggml_backend_buffer_clear(D.buf.get(), 0);
+        D.host.assign(ggml_nelements(D.state), 0.0f);
+        D.keep_host.assign((size_t) kv_size*n_stream, 1.0f);
+        ggml_backend_tensor_set(D.keep, D.keep_host.data(), 0, ggml_nbytes(D.keep));
     }
-    zeros.assign(kv_size, 0.0f);
+}
+
+size_t llama_elastickv_evict::device_bytes() const {
+    size_t n = 0;
+    for (const auto & D : devs) {
+        n += ggml_backend_buffer_get_size(D.buf.get());
+    }
+    return n;
+}
+
+float & llama_elastickv_evict::bias_at(layer & l, uint32_t strm, int32_t h, uint32_t c) {
+    return devs[l.dev].host[l.off_bias + ((size_t) strm*l.n_head + h)*kv_size + c];
+}
+
+float & llama_elastickv_evict::score_at(layer & l, uint32_t strm, int32_t h, uint32_t c) {
+    return devs[l.dev].host[l.off_score + ((size_t) strm*l.n_head + h)*kv_size + c];
+}
+
+void llama_elastickv_evict::mark(device & d, size_t off) {
+    d.dirty_lo = std::min(d.dirty_lo, off);
+    d.dirty_hi = std::max(d.dirty_hi, off + 1);
+}
+
+// one upload per backend: the span of the host mirror that changed
+void llama_elastickv_evict::upload_dirty() {
+    for (auto & D : devs) {
+        if (D.dirty_lo < D.dirty_hi) {
+            ggml_backend_tensor_set(D.state, D.host.data() + D.dirty_lo, D.dirty_lo*sizeof(float), (D.dirty_hi - D.dirty_lo)*sizeof(float));
+        }
+        D.dirty_lo = SIZE_MAX;
+        D.dirty_hi = 0;
+    }
+}
+
+// no eviction, bias or score for this cell in any layer and head (host mirror; uploaded by upload_dirty)
+void llama_elastickv_evict::clear_cell(uint32_t strm, uint32_t c) {
+    for (auto & l : layers) {
+        auto & D = devs[l.dev];
+        for (int32_t h = 0; h < l.n_head; ++h) {
+            l.evicted[strm][(size_t) h*kv_size + c] = 0;
+            if (l.bias) {
+                float & b = bias_at(l, strm, h, c);
+                if (b != 0.0f) {
+                    b = 0.0f;
+                    mark(D, &b - D.host.data());
+                }
+            }
+            if (l.score) {
+                float & sc = score_at(l, strm, h, c);
+                if (sc != 0.0f) {
+                    sc = 0.0f;
+                    mark(D, &sc - D.host.data());
+                }
+            }
+        }
+    }
 }
 
 const llama_elastickv_evict::layer * llama_elastickv_evict::layer_for(int il, const ggml_tensor * k) const {
@@ -97,9 +179,15 @@ const llama_elastickv_evict::layer * llama_elastickv_evict::layer_for(int il, co
     return ekv_root(k) == l.k ? &l : nullptr;
 }
 
-ggml_tensor * llama_elastickv_evict::attn_bias(ggml_context * ctx, ggml_tensor * kq, const ggml_tensor * k, int il) const {
+// keep of the streams and cells of an attention view: [n_kv, 1, ns]
+ggml_tensor * llama_elastickv_evict::keep_view(ggml_context * ctx, const layer & l, int64_t n_kv, int64_t ns, size_t s0) const {
+    ggml_tensor * keep = devs[l.dev].keep;
+    return ggml_view_3d(ctx, keep, n_kv, 1, ns, keep->nb[1], keep->nb[2], s0*keep->nb[2]);
+}
+
+ggml_tensor * llama_elastickv_evict::attn_bias(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * kq, const ggml_tensor * k, int il) const {
     const layer * l = layer_for(il, k);
-    if (!l) {
+    if (!l || !l->bias) {
         return kq;
     }
     const int64_t n_kv = kq->ne[0], n_tok = kq->ne[1], n_head = kq->ne[2], ns = kq->ne[3];
@@ -107,15 +195,17 @@ ggml_tensor * llama_elastickv_evict::attn_bias(ggml_context * ctx, ggml_tensor *
     GGML_ASSERT(ggml_is_contiguous(kq));
     const int64_t G  = n_head/l->n_head;          // query heads per KV head: head i reads KV head i/G
     const size_t  s0 = k->view_offs/l->k->nb[2];  // first stream of the view
+    // the bias of the view's cells, 0 for the cells this ubatch writes; written back so that it stays 0
+    ggml_tensor * b3 = ggml_view_3d(ctx, l->bias, n_kv, l->n_head, ns, l->bias->nb[1], l->bias->nb[2], s0*l->bias->nb[2]);
+    ggml_tensor * be = ggml_mul(ctx, b3, keep_view(ctx, *l, n_kv, ns, s0));
+    ggml_build_forward_expand(gf, ggml_cpy(ctx, be, b3));
     ggml_tensor * kq4  = ggml_reshape_4d(ctx, kq, n_kv, n_tok, G, l->n_head*ns);
-    ggml_tensor * bias = ggml_view_4d(ctx, l->bias, n_kv, 1, 1, l->n_head*ns,
-                                      l->bias->nb[1], l->bias->nb[1], l->bias->nb[1], s0*l->bias->nb[2]);
-    ggml_tensor * out  = ggml_add(ctx, kq4, bias);
+    ggml_tensor * out  = ggml_add(ctx, kq4, ggml_reshape_4d(ctx, be, n_kv, 1, 1, l->n_head*ns));
     ggml_set_name(out, "elastickv_kq_bias");
     l->hooked = true;
     // a dump of the queries (score-based policies): Q is the second operand of the KQ product; an architecture
     // that transforms KQ before this point (soft-capping, ...) dumps no queries
-    l->q_src = !dump_dir.empty() && uses_scores() && kq->op == GGML_OP_MUL_MAT ? kq->src[1] : nullptr;
+    l->q_src = !params.dump_dir.empty() && uses_scores() && kq->op == GGML_OP_MUL_MAT ? kq->src[1] : nullptr;
     return ggml_reshape_4d(ctx, out, n_kv, n_tok, n_head, ns);
 }
 
@@ -135,9 +225,10 @@ void llama_elastickv_evict::attn_observe(ggml_context * ctx, ggml_cgraph * gf, g
     p = ggml_cont(ctx, ggml_permute(ctx, p, 2, 0, 1, 3));
     p = ggml_reshape_3d(ctx, p, n_tok*G, n_kv, l->n_head*ns);
     p = ggml_sum_rows(ctx, p);
-    p = ggml_reshape_2d(ctx, p, n_kv, l->n_head*ns);
-    ggml_tensor * dst = ggml_view_2d(ctx, l->score, n_kv, l->n_head*ns, l->score->nb[1], s0*l->score->nb[2]);
-    ggml_tensor * acc = ggml_cpy(ctx, ggml_add(ctx, dst, p), dst);
+    p = ggml_reshape_3d(ctx, p, n_kv, l->n_head, ns);
+    // the score of the view's cells, restarted at 0 for the cells this ubatch writes, plus this ubatch's share
+    ggml_tensor * dst = ggml_view_3d(ctx, l->score, n_kv, l->n_head, ns, l->score->nb[1], l->score->nb[2], s0*l->score->nb[2]);
+    ggml_tensor * acc = ggml_cpy(ctx, ggml_add(ctx, ggml_mul(ctx, dst, keep_view(ctx, *l, n_kv, ns, s0)), p), dst);
     ggml_set_name(acc, "elastickv_score");
     ggml_build_forward_expand(gf, acc);
 
@@ -153,13 +244,32 @@ void llama_elastickv_evict::attn_observe(ggml_context * ctx, ggml_cgraph * gf, g
     }
 }
 
+void llama_elastickv_evict::attn_observe_fa(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * q, const ggml_tensor * k,
+                                            ggml_tensor * kq_mask, float kq_scale, float max_bias, int il) const {
+    const layer * l = layer_for(il, k);
+    if (!l) {
+        return;
+    }
+    l->hooked = true;
+    if (!l->score) {
+        return; // position-only policy: evicted cells are freed, the mask hides them
+    }
+    // the score node: the attention's softmax, computed beside the fused kernel (which never materialises it)
+    ggml_tensor * kq = ggml_mul_mat(ctx, const_cast<ggml_tensor *>(k), q);
+    ggml_prec_set_acc(kq, GGML_PREC_F32);
+    l->q_src = !params.dump_dir.empty() ? q : nullptr;
+    ggml_tensor * p = ggml_soft_max_ext(ctx, kq, kq_mask, kq_scale, max_bias);
+    ggml_set_name(p, "elastickv_score_softmax");
+    attn_observe(ctx, gf, p, k, il);
+}
+
 void llama_elastickv_evict::after_ubatch(const llama_ubatch & ubatch, int32_t ctx_id, int64_t n_pass) {
-    if (dump_dir.empty() || !uses_scores()) {
+    if (params.dump_dir.empty() || !uses_scores()) {
         return;
     }
     const int64_t u = n_ubatch++;
     char prefix[128];
-    snprintf(prefix, sizeof(prefix), "%s/ctx%d_ub%06" PRId64, dump_dir.c_str(), ctx_id, u);
+    snprintf(prefix, sizeof(prefix), "%s/ctx%d_ub%06" PRId64, params.dump_dir.c_str(), ctx_id, u);
     std::string il_list;
     const layer * first = nullptr;
     std::vector<float> q;
@@ -167,7 +277,7 @@ void llama_elastickv_evict::after_ubatch(const llama_ubatch & ubatch, int32_t ct
         if (!l.q_out) {
             continue;
         }
-        ggml_backend_synchronize(l.backend);
+        ggml_backend_synchronize(devs[l.dev].backend);
         const ggml_tensor * t = l.q_out;
         q.resize(ggml_nelements(t));
         ggml_backend_tensor_get(t, q.data(), 0, ggml_nbytes(t));
@@ -200,29 +310,9 @@ void llama_elastickv_evict::after_ubatch(const llama_ubatch & ubatch, int32_t ct
     fclose(f);
 }
 
-// zeroes t[strm][head][c] for the cells in `cells` (sorted), one copy per contiguous run
-void llama_elastickv_evict::zero_runs(ggml_tensor * t, uint32_t strm, int32_t head, const std::vector<uint32_t> & cells,
-                                      ggml_backend_t backend, bool async) {
-    size_t i = 0;
-    while (i < cells.size()) {
-        size_t j = i + 1;
-        while (j < cells.size() && cells[j] == cells[j - 1] + 1) {
-            ++j;
-        }
-        const size_t off = strm*t->nb[2] + head*t->nb[1] + cells[i]*sizeof(float);
-        const size_t len = (j - i)*sizeof(float);
-        if (async) {
-            ggml_backend_tensor_set_async(backend, t, zeros.data(), off, len);
-        } else {
-            ggml_backend_tensor_set(t, zeros.data(), off, len);
-        }
-        i = j;
-    }
-}
-
 void llama_elastickv_evict::before_ubatch(const llama_ubatch & ubatch) {
     // the cells this ubatch writes (apply() has placed its tokens)
-    std::vector<std::vector<uint32_t>> fresh(n_stream);
+    std::vector<uint32_t> fresh; // stream*kv_size + cell
     for (uint32_t i = 0; i < ubatch.n_tokens; ++i) {
         const llama_pos p = ubatch.pos[i];
         for (int32_t j = 0; j < ubatch.n_seq_id[i]; ++j) {
@@ -233,34 +323,59 @@ void llama_elastickv_evict::before_ubatch(const llama_ubatch & ubatch) {
             const uint32_t strm = kv->seq_to_stream[s];
             const auto & sp = kv->v_cells[strm].seq_pos_get(s);
             for (auto it = sp.lower_bound({ p, 0 }); it != sp.end() && it->first == p; ++it) {
-                fresh[strm].push_back(it->second);
+                fresh.push_back(strm*kv_size + it->second);
             }
         }
     }
-    for (uint32_t strm = 0; strm < n_stream; ++strm) {
-        auto & cells = fresh[strm];
-        if (cells.empty()) {
-            continue;
-        }
-        std::sort(cells.begin(), cells.end());
-        cells.erase(std::unique(cells.begin(), cells.end()), cells.end());
+    std::sort(fresh.begin(), fresh.end());
+    fresh.erase(std::unique(fresh.begin(), fresh.end()), fresh.end());
+    // host: the flags and the bias mirror of these cells are cleared (the graph clears the device copy)
+    for (uint32_t x : fresh) {
+        const uint32_t strm = x / kv_size, c = x % kv_size;
         for (auto & l : layers) {
             for (int32_t h = 0; h < l.n_head; ++h) {
-                std::vector<uint32_t> stale; // cells still carrying -inf from a token that is gone
-                for (uint32_t c : cells) {
-                    uint8_t & e = l.evicted[strm][(size_t) h*kv_size + c];
-                    if (e) {
-                        stale.push_back(c);
-                        e = 0;
-                    }
-                }
-                zero_runs(l.bias, strm, h, stale, l.backend, true);
-                if (l.score) {
-                    zero_runs(l.score, strm, h, cells, l.backend, true);
+                l.evicted[strm][(size_t) h*kv_size + c] = 0;
+                if (l.bias) {
+                    bias_at(l, strm, h, c) = 0.0f;
                 }
             }
         }
     }
+    // device: keep = 1 again for the previous ubatch's cells, 0 for this one's: one copy of the span
+    for (auto & D : devs) {
+        if (fresh.empty() && D.kept_zero.empty()) {
+            continue;
+        }
+        size_t lo = SIZE_MAX, hi = 0;
+        for (uint32_t x : D.kept_zero) {
+            D.keep_host[x] = 1.0f;
+            lo = std::min<size_t>(lo, x);
+            hi = std::max<size_t>(hi, x + 1);
+        }
+        for (uint32_t x : fresh) {
+            D.keep_host[x] = 0.0f;
+            lo = std::min<size_t>(lo, x);
+            hi = std::max<size_t>(hi, x + 1);
+        }
+        D.kept_zero = fresh;
+        // the keep tensor is [kv_size, 1, n_stream] contiguous: index stream*kv_size + cell
+        ggml_backend_tensor_set_async(D.backend, D.keep, D.keep_host.data() + lo, lo*sizeof(float), (hi - lo)*sizeof(float));
+    }
+}
+
+void llama_elastickv_evict::reset_restored(llama_seq_id seq_id) {
+    for (uint32_t strm = 0; strm < n_stream; ++strm) {
+        const auto & cells = kv->v_cells[strm];
+        for (uint32_t c = 0; c < cells.size(); ++c) {
+            if (!cells.is_empty(c) && (seq_id < 0 || cells.seq_has(c, seq_id))) {
+                clear_cell(strm, c);
+            }
+        }
+    }
+    for (auto & D : devs) {
+        ggml_backend_synchronize(D.backend);
+    }
+    upload_dirty();
 }
 
 void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t ctx_id, int64_t n_pass, FILE * stats,
@@ -270,10 +385,17 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
             throw std::runtime_error("elastickv: ELASTICKV_POLICY=" + std::string(desc.name) + " could not reach the attention of layer " +
                 std::to_string(l.il) + " (this architecture builds its attention another way); the eviction would be ignored");
         }
-        ggml_backend_synchronize(l.backend);
+    }
+    // one download of the scores per backend (the graph has finished: the pass follows the logits copy)
+    for (auto & D : devs) {
+        ggml_backend_synchronize(D.backend);
+        if (uses_scores() && D.host.size() > D.n_bias) {
+            ggml_backend_tensor_get(D.state, D.host.data() + D.n_bias, D.n_bias*sizeof(float), (D.host.size() - D.n_bias)*sizeof(float));
+        }
     }
     const int32_t n_layer = (int32_t) layers.size();
-    const float   ninf    = -std::numeric_limits<float>::infinity();
+    const bool    shared  = params.scope == LLAMA_ELASTICKV_SCOPE_SHARED;
+    const std::string & dump_dir = params.dump_dir;
     if (!dump_dir.empty()) {
         // the cache's own occupied cells, for checking that the sequences' cell lists below cover them all
         char name[96];
@@ -282,15 +404,16 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
     }
 
     for (llama_seq_id s : seqs) {
-        const uint32_t strm = kv->seq_to_stream[s];
-        const auto &   sp   = kv->v_cells[strm].seq_pos_get(s);
+        const uint32_t strm  = kv->seq_to_stream[s];
+        auto &         kcells = kv->v_cells[strm];
+        const auto &   sp    = kcells.seq_pos_get(s);
         // the sequence's cells in ascending position; a cell shared with a lower sequence id is left to it
         std::vector<uint32_t>  cells;
         std::vector<llama_pos> pos;
         for (const auto & pc : sp) {
             bool lower = false;
             for (llama_seq_id o = 0; o < s && !lower; ++o) {
-                lower = kv->v_cells[strm].seq_has(pc.second, o);
+                lower = kcells.seq_has(pc.second, o);
             }
             if (!lower) {
                 pos.push_back(pc.first);
@@ -301,76 +424,137 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
         if (n == 0) {
             continue;
         }
-        const int64_t B = llama_elastickv_budget_cells(budget, n);
-        std::vector<uint32_t> sorted(cells); // for the score resets: runs of consecutive cells
-        std::sort(sorted.begin(), sorted.end());
-        const uint32_t c_lo = sorted.front();
-        const uint32_t c_hi = sorted.back();
+        // the budget follows the logical length: freed cells count
+        const int64_t n_log = std::max<int64_t>(n, (int64_t) pos.back() + 1);
+        const int64_t B     = llama_elastickv_budget_cells(budget, n_log);
 
-        std::vector<float>   dump_score, row_score(c_hi - c_lo + 1), row(c_hi - c_lo + 1);
+        std::vector<float>   dump_score;
         std::vector<uint8_t> dump_before, dump_after;
         std::vector<float>   sc(n);
         std::vector<uint8_t> ev(n);
+        // shared scope: one selection on the scores summed over every layer and KV head
+        std::vector<uint8_t> ev_shared;
+        if (shared) {
+            std::vector<double> sum(n, 0.0);
+            for (auto & l : layers) {
+                for (int32_t h = 0; h < l.n_head && l.score; ++h) {
+                    for (int64_t i = 0; i < n; ++i) {
+                        sum[i] += score_at(l, strm, h, cells[i]);
+                    }
+                }
+            }
+            ev_shared.assign(n, 0);
+            for (int64_t i = 0; i < n; ++i) {
+                sc[i]        = (float) sum[i];
+                ev_shared[i] = layers[0].evicted[strm][cells[i]]; // every layer and head carries the same flags
+            }
+            llama_elastickv_select(desc, budget, params.sink, B, pos, uses_scores() ? sc.data() : nullptr, ev_shared);
+        }
+        std::vector<uint8_t> all_evicted(n, 1); // evicted in every layer and KV head after this pass
         int64_t kept_total = 0;
         for (int32_t li = 0; li < n_layer; ++li) {
             auto & l = layers[li];
-            const int64_t Bl = desc.layer_budget(budget, B, n, li, n_layer);
+            auto & D = devs[l.dev];
+            const int64_t Bl = shared ? B : desc.layer_budget(budget, B, n_log, li, n_layer);
             int64_t kept_layer = 0;
             for (int32_t h = 0; h < l.n_head; ++h) {
                 auto & evh = l.evicted[strm];
                 const size_t base = (size_t) h*kv_size;
-                if (l.score) {
-                    ggml_backend_tensor_get(l.score, row_score.data(), strm*l.score->nb[2] + h*l.score->nb[1] + c_lo*sizeof(float),
-                                            row_score.size()*sizeof(float));
-                }
                 for (int64_t i = 0; i < n; ++i) {
-                    sc[i] = l.score ? row_score[cells[i] - c_lo] : 0.0f;
+                    sc[i] = l.score ? score_at(l, strm, h, cells[i]) : 0.0f;
                     ev[i] = evh[base + cells[i]];
                 }
                 if (!dump_dir.empty()) {
                     dump_score.insert(dump_score.end(), sc.begin(), sc.end());
                     dump_before.insert(dump_before.end(), ev.begin(), ev.end());
                 }
-                llama_elastickv_select(desc, budget, sink, Bl, pos, l.score ? sc.data() : nullptr, ev);
+                if (shared) {
+                    ev = ev_shared;
+                } else {
+                    llama_elastickv_select(desc, budget, params.sink, Bl, pos, l.score ? sc.data() : nullptr, ev);
+                }
+                if (params.flash_attn) {
+                    // no bias under flash attention: a cell that cannot be freed (the newest, or shared with another
+                    // sequence) is not evicted either
+                    for (int64_t i = 0; i < n; ++i) {
+                        ev[i] &= pos[i] != pos.back() && kcells.seq_count(cells[i]) == 1;
+                    }
+                }
                 if (!dump_dir.empty()) {
                     dump_after.insert(dump_after.end(), ev.begin(), ev.end());
                 }
-                // upload the bias of the sequence's cells whose state changed
-                ggml_backend_tensor_get(l.bias, row.data(), strm*l.bias->nb[2] + h*l.bias->nb[1] + c_lo*sizeof(float), row.size()*sizeof(float));
-                bool changed = false;
                 int64_t kept = 0;
                 for (int64_t i = 0; i < n; ++i) {
-                    changed |= ev[i] != evh[base + cells[i]];
                     evh[base + cells[i]] = ev[i];
-                    row[cells[i] - c_lo] = ev[i] ? ninf : 0.0f;
+                    if (l.bias) {
+                        float & b = bias_at(l, strm, h, cells[i]);
+                        const float want = ev[i] ? EKV_EVICTED : 0.0f;
+                        if (b != want) {
+                            b = want;
+                            mark(D, &b - D.host.data());
+                        }
+                    }
+                    if (desc.reset_score && l.score) {
+                        float & x = score_at(l, strm, h, cells[i]);
+                        if (x != 0.0f) {
+                            x = 0.0f;
+                            mark(D, &x - D.host.data());
+                        }
+                    }
                     kept += !ev[i];
-                }
-                if (changed) {
-                    ggml_backend_tensor_set(l.bias, row.data(), strm*l.bias->nb[2] + h*l.bias->nb[1] + c_lo*sizeof(float), row.size()*sizeof(float));
-                }
-                if (desc.reset_score && l.score) {
-                    zero_runs(l.score, strm, h, sorted, l.backend, false);
+                    all_evicted[i] &= ev[i];
                 }
                 kept_layer += kept;
                 if (stats) {
                     fprintf(stats, "{\"record\": \"evict\", \"ctx\": %d, \"pass\": %" PRId64 ", \"seq\": %d, \"pos_max\": %d, "
                         "\"layer\": %d, \"head\": %d, \"n\": %" PRId64 ", \"budget\": %" PRId64 ", \"kept\": %" PRId64 "}\n",
-                        ctx_id, n_pass, s, pos.back(), l.il, h, n, Bl, kept);
+                        ctx_id, n_pass, s, pos.back(), l.il, h, n_log, Bl, kept);
                 }
             }
             kept_total += kept_layer;
             if (verbose >= 2) {
-                LLAMA_LOG_WARN("elastickv:   pass %" PRId64 " seq %d layer %2d: budget %" PRId64 " of %" PRId64 ", kept %.1f%%\n",
-                    n_pass, s, l.il, Bl, n, 100.0*(double) kept_layer/(double) (n*l.n_head));
+                LLAMA_LOG_WARN("elastickv:   pass %" PRId64 " seq %d layer %2d: budget %" PRId64 " of %" PRId64 ", kept %.1f%% of the resident cells\n",
+                    n_pass, s, l.il, Bl, n_log, 100.0*(double) kept_layer/(double) (n*l.n_head));
             }
+        }
+        // free the cells evicted in every layer and head, held by this sequence alone (not the newest: select keeps it)
+        int64_t freed = 0, union_kept = 0;
+        uint32_t new_head = kcells.size();
+        for (int64_t i = 0; i < n; ++i) {
+            if (!all_evicted[i]) {
+                union_kept++;
+                continue;
+            }
+            if (!params.free_cells || pos[i] == pos.back() || kcells.seq_count(cells[i]) != 1) {
+                continue;
+            }
+            kcells.seq_rm(cells[i], s); // O(log n): the (pos, cell) pair leaves the sequence's index
+            clear_cell(strm, cells[i]);
+            new_head = std::min(new_head, cells[i]);
+            freed++;
+        }
+        if (new_head < kv->v_heads[strm]) {
+            kv->v_heads[strm] = new_head; // as seq_rm does: the slot search may start at the first freed cell
+        }
+        freed_total += freed;
+        if (stats) {
+            // the cells this sequence holds after the pass, and the cells its keep sets need (their union)
+            fprintf(stats, "{\"record\": \"evict_pass\", \"ctx\": %d, \"pass\": %" PRId64 ", \"seq\": %d, \"pos_max\": %d, "
+                "\"scope\": \"%s\", \"n_logical\": %" PRId64 ", \"budget\": %" PRId64 ", \"resident_before\": %" PRId64 ", "
+                "\"freed\": %" PRId64 ", \"resident_after\": %" PRId64 ", \"union_kept\": %" PRId64 ", \"kv_size\": %u, "
+                "\"used_after\": %u}\n",
+                ctx_id, n_pass, s, pos.back(), shared ? "shared" : "head", n_log, B, n, freed, n - freed, union_kept,
+                kv_size, kcells.get_used());
         }
         if (verbose >= 1) {
             int64_t heads = 0;
             for (const auto & l : layers) {
                 heads += l.n_head;
             }
-            LLAMA_LOG_WARN("elastickv: pass %" PRId64 " seq %d pos_max %d (%s): budget %" PRId64 " of %" PRId64 " cells, kept %.1f%% of cells x heads\n",
-                n_pass, s, pos.back(), desc.name, B, n, 100.0*(double) kept_total/(double) (n*heads));
+            LLAMA_LOG_WARN("elastickv: pass %" PRId64 " seq %d pos_max %d (%s, %s scope): budget %" PRId64 " of %" PRId64 " positions, "
+                "kept %.1f%% of resident cells x heads, freed %" PRId64 " cells, %" PRId64 " resident, %u of %u cells used\n",
+                n_pass, s, pos.back(), desc.name, shared ? "shared" : "head", B, n_log,
+                100.0*(double) kept_total/(double) (n*heads), freed, n - freed, kcells.get_used(), kv_size);
         }
         if (!dump_dir.empty()) {
             char prefix[96];
@@ -398,13 +582,15 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
             if (f) {
                 fprintf(f, "{\"ctx\": %d, \"pass\": %" PRId64 ", \"seq\": %d, \"policy\": \"%s\", \"fraction\": %.17g, \"cells\": %" PRId64 ", "
                     "\"recent\": %d, \"heavy_ratio\": %.17g, \"seed\": %" PRIu64 ", \"beta\": %.17g, \"sink\": %d, \"n_layer\": %d, "
-                    "\"budget\": %" PRId64 ", \"n\": %" PRId64 "}\n",
+                    "\"budget\": %" PRId64 ", \"n\": %" PRId64 ", \"n_logical\": %" PRId64 ", \"scope\": \"%s\", \"free\": %s, "
+                    "\"freed\": %" PRId64 "}\n",
                     ctx_id, n_pass, s, desc.name, budget.fraction, budget.cells, budget.recent, budget.heavy_ratio, budget.seed,
-                    budget.beta, sink, n_layer, B, n);
+                    budget.beta, params.sink, n_layer, B, n, n_log, shared ? "shared" : "head", params.free_cells ? "true" : "false", freed);
                 fclose(f);
             }
         }
     }
+    upload_dirty(); // one upload per backend: the changed span of bias and score
     if (stats) {
         fflush(stats);
     }

@@ -3,15 +3,20 @@
 //
 // Token policies (streaming, h2o, scissorhands, pyramidkv, random_tokens) evict whole cells per layer and
 // KV head: an evicted cell gets -inf in a per-layer, per-KV-head attention bias added to KQ before the
-// softmax (llama-elastickv-evict.cpp), so it receives exactly zero attention weight. Every token policy is
-// the same selection with its own priority and per-layer budget:
+// softmax (llama-elastickv-evict.cpp), so it receives exactly zero attention weight. A cell evicted in every
+// layer and KV head of its sequence is freed (ELASTICKV_FREE=1, the default): llama.cpp's cell table drops
+// it, the KQ mask hides it like any empty cell, and later tokens reuse it. With ELASTICKV_SCOPE=shared a
+// score policy keeps one set per sequence for all layers and heads, so every eviction frees a cell. Every
+// token policy is the same selection with its own priority and per-layer budget:
 //
-//   n      cells of the sequence at the pass, B the budget (ELASTICKV_BUDGET: ceil(f*n) for a fraction f,
-//          min(count, n) for a count), B_l the layer's budget (= B except pyramidkv)
+//   n      the sequence's logical length at the pass (pos_max + 1, or its resident cells if more), B the
+//          budget (ELASTICKV_BUDGET: ceil(f*n) for a fraction f, min(count, n) for a count), B_l the layer's
+//          budget (= B except pyramidkv). Freed cells count in n: budgets follow the context, not the cache.
 //   sinks  cells with pos < ELASTICKV_SINK, always kept
 //   avail  max(B_l - n_sinks, 0)
 //   R      recent window: ELASTICKV_RECENT if set (capped at avail), else floor((1 - HEAVY_RATIO)*avail + 0.5);
-//          cells with pos > pos_max - R are always kept
+//          cells with pos > pos_max - R are always kept. (With a budget below the sinks, avail = R = 0 and the
+//          newest cell is evicted too: it is never freed, and with flash attention never evicted, see evict.h.)
 //   heavy  avail - R: among the other cells not yet evicted, the `heavy` ones of highest priority are kept
 //          (ties: higher pos first), the rest are evicted. Evicted cells stay evicted.
 //
@@ -45,6 +50,12 @@ enum llama_elastickv_score {
     LLAMA_ELASTICKV_SCORE_NONE,  // no score (position or seeded priority)
     LLAMA_ELASTICKV_SCORE_ATTN,  // attention probability p
     LLAMA_ELASTICKV_SCORE_COUNT, // 1[p > 1/n_kv]: the query found the cell more important than uniform
+};
+
+// Which cells a token policy's keep set covers (ELASTICKV_SCOPE).
+enum llama_elastickv_scope {
+    LLAMA_ELASTICKV_SCOPE_HEAD,   // one keep set per (sequence, layer, KV head): evictions hide cells per head
+    LLAMA_ELASTICKV_SCOPE_SHARED, // one keep set per sequence for all layers and KV heads: every eviction frees a cell
 };
 
 // The resolved budget settings shared by every baseline.

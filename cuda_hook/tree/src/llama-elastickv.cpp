@@ -53,6 +53,10 @@ const llama_elastickv_var LLAMA_ELASTICKV_VARS[] = {
     { "ELASTICKV_HEAVY_RATIO", "0.8",   "a number in [0, 1]",                       "h2o, scissorhands, pyramidkv, random_tokens: share of the budget after the sinks chosen by priority when RECENT is auto" },
     { "ELASTICKV_SEED",        "42",    "an integer in [0, 9223372036854775807]",   "random_tokens and random_entries: seed of the hash" },
     { "ELASTICKV_PYRAMID_BETA","20",    "a number in [1, 1000000]",                 "pyramidkv: the top layer keeps budget/beta cells, the bottom 2*budget - budget/beta" },
+    { "ELASTICKV_SCOPE",       "head",  "head or shared",                           "token policies: head: a keep set per layer and KV head; shared: one keep set per sequence for all layers and heads (scores summed over them), so every eviction frees a cell" },
+    { "ELASTICKV_FREE",        "1",     "0 or 1",                                   "token policies: 1 frees a cell evicted in every layer and KV head (later tokens reuse it); 0 keeps it allocated behind the attention bias (logical eviction)" },
+    { "ELASTICKV_KV_CELLS",    "0",     "0 (the context size), or an integer in [1, context size per sequence]",
+                                                                                        "cells allocated per KV stream: a physical cap, with n_ctx and positions unchanged; needs a token policy whose evictions free cells (streaming, random_tokens, or h2o/scissorhands with ELASTICKV_SCOPE=shared)" },
 };
 
 const size_t LLAMA_ELASTICKV_N_VARS = sizeof(LLAMA_ELASTICKV_VARS)/sizeof(LLAMA_ELASTICKV_VARS[0]);
@@ -354,6 +358,13 @@ llama_elastickv_config llama_elastickv_config_from_env() {
             ekv_fail(name, s, std::string("is set but ELASTICKV_POLICY=") + policy_name + " " + why);
         }
     };
+    if ((s = ekv_getenv("ELASTICKV_KV_CELLS"))) {
+        cfg.kv_cells = (uint32_t) ekv_parse_int("ELASTICKV_KV_CELLS", s, 0, INT32_MAX); // checked against the context by llama_elastickv_kv_cells
+    }
+    if (!desc || !desc->token) {
+        unused("ELASTICKV_SCOPE", "evicts no cells");
+        unused("ELASTICKV_FREE", "evicts no cells");
+    }
     if (!desc) {
         for (const char * name : { "ELASTICKV_BUDGET", "ELASTICKV_RECENT", "ELASTICKV_HEAVY_RATIO", "ELASTICKV_SEED", "ELASTICKV_PYRAMID_BETA" }) {
             unused(name, "does not use it (it sets the baselines' budget)");
@@ -397,6 +408,21 @@ llama_elastickv_config llama_elastickv_config_from_env() {
     }
     if ((s = ekv_getenv("ELASTICKV_PYRAMID_BETA"))) {
         cfg.budget.beta = ekv_parse_number("ELASTICKV_PYRAMID_BETA", s, 1.0, 1e6);
+    }
+    if ((s = ekv_getenv("ELASTICKV_SCOPE"))) {
+        if (strcmp(s, "head") == 0) {
+            cfg.scope = LLAMA_ELASTICKV_SCOPE_HEAD;
+        } else if (strcmp(s, "shared") == 0) {
+            cfg.scope = LLAMA_ELASTICKV_SCOPE_SHARED;
+        } else {
+            ekv_fail("ELASTICKV_SCOPE", s, "is not a scope");
+        }
+        if (cfg.scope == LLAMA_ELASTICKV_SCOPE_SHARED && cfg.policy == LLAMA_ELASTICKV_POLICY_PYRAMIDKV) {
+            ekv_fail("ELASTICKV_SCOPE", s, "cannot be used with ELASTICKV_POLICY=pyramidkv, whose budgets differ per layer (one keep set for all layers would drop them)");
+        }
+    }
+    if ((s = ekv_getenv("ELASTICKV_FREE"))) {
+        cfg.free_cells = ekv_parse_int("ELASTICKV_FREE", s, 0, 1) == 1;
     }
     return cfg;
 }
@@ -577,9 +603,12 @@ void llama_elastickv::impl::setup(const llama_model & model, const std::vector<g
     }
 
     desc = llama_elastickv_policy_get(cfg.policy);
-    if (desc && desc->token && cparams.flash_attn) {
-        throw std::runtime_error(std::string("elastickv: ELASTICKV_POLICY=") + desc->name + " evicts cells with an attention bias, "
-            "which needs the attention probabilities that flash attention never materialises; run with -fa off");
+    if (desc && desc->token && cparams.flash_attn && !llama_elastickv_frees_all(cfg)) {
+        throw std::runtime_error(std::string("elastickv: ELASTICKV_POLICY=") + desc->name + " with ELASTICKV_SCOPE=" +
+            (cfg.scope == LLAMA_ELASTICKV_SCOPE_SHARED ? "shared" : "head") + " ELASTICKV_FREE=" + (cfg.free_cells ? "1" : "0") +
+            " hides cells per layer and KV head with an attention bias, which flash attention cannot take; run with -fa off, or "
+            "use a policy whose evictions free cells (streaming, random_tokens, or h2o/scissorhands with ELASTICKV_SCOPE=shared, "
+            "ELASTICKV_FREE=1), which the KQ mask hides");
     }
     if (desc && !desc->token) {
         for (ggml_type t : { type_k, type_v }) {
@@ -704,7 +733,8 @@ void llama_elastickv::impl::setup(const llama_model & model, const std::vector<g
         ekv_mkdirs(cfg.dump_dir);
     }
     if (desc && desc->token) {
-        evict.reset(new llama_elastickv_evict(*desc, cfg.budget, cfg.sink, kv, hparams, backends, cfg.dump_dir));
+        llama_elastickv_evict_params ep = { cfg.sink, cfg.scope, cfg.free_cells, cparams.flash_attn, cfg.dump_dir };
+        evict.reset(new llama_elastickv_evict(*desc, cfg.budget, ep, kv, hparams, backends));
     }
 }
 
@@ -748,9 +778,15 @@ void llama_elastickv::impl::echo(const llama_model & model) const {
         cfg.stats_path.empty() ? "-" : cfg.stats_path.c_str(), cfg.dump_dir.empty() ? "-" : cfg.dump_dir.c_str());
     if (desc) {
         LLAMA_LOG_WARN("elastickv: policy=%s budget=%s recent=%s heavy_ratio=%.3g seed=%" PRIu64 " pyramid_beta=%.3g "
-                       "(the ElasticKV thresholds are not used)\n", desc->name,
+                       "scope=%s free=%d kv_cells=%u (the ElasticKV thresholds are not used)\n", desc->name,
             cfg.budget.fraction > 0 ? (std::to_string(cfg.budget.fraction) + " (fraction)").c_str() : (std::to_string(cfg.budget.cells) + " cells").c_str(),
-            cfg.budget.recent < 0 ? "auto" : std::to_string(cfg.budget.recent).c_str(), cfg.budget.heavy_ratio, cfg.budget.seed, cfg.budget.beta);
+            cfg.budget.recent < 0 ? "auto" : std::to_string(cfg.budget.recent).c_str(), cfg.budget.heavy_ratio, cfg.budget.seed, cfg.budget.beta,
+            cfg.scope == LLAMA_ELASTICKV_SCOPE_SHARED ? "shared" : "head", cfg.free_cells ? 1 : 0, cfg.kv_cells);
+        if (evict) {
+            LLAMA_LOG_WARN("elastickv: eviction state %.2f MiB on the KV devices (%s%skeep), %u cells per stream of %u logical\n",
+                evict->device_bytes()/1048576.0, cparams.flash_attn ? "" : "bias, ", evict->uses_scores() ? "score, " : "",
+                kv->get_size(), cparams.n_ctx_seq);
+        }
     }
     LLAMA_LOG_WARN("elastickv: cache K %s V %s%s, %zu layers x %u KV heads x head dim %u/%u, %u stream(s), %u group(s), "
                    "K domain %s, V domain %s, backend %s\n",
@@ -1305,8 +1341,27 @@ bool llama_elastickv::adds_graph_nodes() const {
     return pimpl->evict != nullptr;
 }
 
-ggml_tensor * llama_elastickv::attn_bias(ggml_context * ctx, ggml_tensor * kq, const ggml_tensor * k, int il) const {
-    return pimpl->evict ? pimpl->evict->attn_bias(ctx, kq, k, il) : kq;
+ggml_tensor * llama_elastickv::attn_bias(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * kq, const ggml_tensor * k, int il) const {
+    return pimpl->evict ? pimpl->evict->attn_bias(ctx, gf, kq, k, il) : kq;
+}
+
+void llama_elastickv::attn_observe_fa(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * q, const ggml_tensor * k,
+                                      ggml_tensor * kq_mask, float kq_scale, float max_bias, int il) const {
+    if (pimpl->evict) {
+        pimpl->evict->attn_observe_fa(ctx, gf, q, k, kq_mask, kq_scale, max_bias, il);
+    }
+}
+
+void llama_elastickv::on_state_read(llama_seq_id seq_id) {
+    auto & I = *pimpl;
+    if (I.evict) {
+        I.evict->reset_restored(seq_id);
+    }
+    for (uint32_t s = 0; s < I.n_seq; ++s) {
+        if (seq_id < 0 || (uint32_t) seq_id == s) {
+            I.rewind((llama_seq_id) s);
+        }
+    }
 }
 
 void llama_elastickv::attn_observe(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * kq_soft, const ggml_tensor * k, int il) const {

@@ -58,7 +58,20 @@ struct llama_elastickv_config {
     std::string dump_dir;             // empty: no .npy dumps
     llama_elastickv_policy policy = LLAMA_ELASTICKV_POLICY_ELASTICKV;
     llama_elastickv_budget budget;    // the baselines' budget (policy != elastickv)
+    uint32_t    kv_cells    = 0;      // ELASTICKV_KV_CELLS: cells per KV stream, 0: the logical context
+    llama_elastickv_scope scope = LLAMA_ELASTICKV_SCOPE_HEAD;
+    bool        free_cells  = true;   // ELASTICKV_FREE: release cells evicted in every layer and KV head
 };
+
+// The physical cap (ELASTICKV_KV_CELLS), called before the context creates its memory: the number of cells
+// per KV stream the cache is allocated with, or 0 to keep llama.cpp's own (n_ctx_seq). Throws, naming the
+// variables and the smallest N that works, when the policy or the batch size cannot keep every sequence
+// inside N cells (llama-elastickv-cap.cpp).
+uint32_t llama_elastickv_kv_cells(const llama_model & model, const llama_cparams & cparams);
+
+// True when every eviction of the configured token policy frees its cell (no per-head attention bias needed):
+// ELASTICKV_FREE=1 and a position-only policy (streaming, random_tokens) or ELASTICKV_SCOPE=shared.
+bool llama_elastickv_frees_all(const llama_elastickv_config & cfg);
 
 // Reads and validates every ELASTICKV_* variable. Throws std::runtime_error naming the variable and
 // what it accepts on a bad value or an unknown ELASTICKV_* name.
@@ -84,14 +97,23 @@ struct llama_elastickv {
     // Called after the memory placed the ubatch and before its graph runs (token-eviction baselines).
     void before_ubatch(const llama_ubatch & ubatch);
 
+    // Called after the memory restored state (llama_state_*_set_data / load_file): seq_id, or -1 for the whole
+    // cache. The restored cells were written without a ubatch: their eviction flags, bias and scores are reset
+    // and the sequence starts over (its next ubatch is followed by a pass).
+    void on_state_read(llama_seq_id seq_id);
+
     // True when the hook adds nodes to the attention graph (the context then re-reserves its graphs).
     bool adds_graph_nodes() const;
 
     // Graph hooks of the non-flash attention path (llm_graph_context::build_attn_mha): the token-eviction
     // bias added to KQ before the softmax, and the score accumulation after it. k is the K view read by
     // the attention and il the model layer; attention that does not read this hook's cache is untouched.
-    ggml_tensor * attn_bias   (ggml_context * ctx, ggml_tensor * kq, const ggml_tensor * k, int il) const;
+    ggml_tensor * attn_bias   (ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * kq, const ggml_tensor * k, int il) const;
     void          attn_observe(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * kq_soft, const ggml_tensor * k, int il) const;
+    // The flash-attention path: evicted cells are freed (the KQ mask hides them); score-based policies get
+    // their softmax from a small score node beside the fused attention (llama-elastickv-evict.h).
+    void          attn_observe_fa(ggml_context * ctx, ggml_cgraph * gf, ggml_tensor * q, const ggml_tensor * k,
+                                  ggml_tensor * kq_mask, float kq_scale, float max_bias, int il) const;
 
     struct impl;
 
