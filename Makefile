@@ -127,6 +127,8 @@ experiments: $(VENV)/.stamp
 	$(PY) scripts/eval/head_to_head.py
 	$(PY) scripts/eval/routing_sweep.py
 	$(PY) scripts/eval/f5_niah.py --config table18_niah_policies
+	$(PY) scripts/eval/real_memory.py
+	$(PY) scripts/eval/f5_niah.py --config table20_niah_real_memory
 
 clean:
 	rm -rf build/run build/cache build/cuda-check reports paper/build paper/generated

@@ -9,7 +9,7 @@ import pytest
 
 from elastickv import envvars, paths
 
-HOOK_SRC = paths.CUDA_HOOK / "tree" / "src" / "llama-elastickv.cpp"
+HOOK_SRC = paths.CUDA_HOOK / "tree" / "src" / "llama-elastickv-config.cpp"
 
 
 def cpp_table() -> list[tuple[str, str, str, str]]:

@@ -60,8 +60,10 @@ def run_dumped(llama, tmp_path, policy, extra, chunks=1):
     folder = tmp_path / "dump"
     # logical eviction (cells stay allocated behind the bias): every pass lists all cells of the sequence;
     # freeing is tested in tests/test_real_memory.py
-    env = {"ELASTICKV": "1", "ELASTICKV_POLICY": policy, "ELASTICKV_SINK": str(SINK), "ELASTICKV_FREE": "0",
+    env = {"ELASTICKV": "1", "ELASTICKV_POLICY": policy, "ELASTICKV_SINK": str(SINK),
            "ELASTICKV_DUMP": str(folder)} | extra
+    if policy in policies.TOKEN_POLICIES:
+        env["ELASTICKV_FREE"] = "0"
     r = llama.perplexity(["-fa", "off"], env=env, chunks=chunks)
     assert r.rc == 0, r.log[-3000:]
     return r, folder, env

@@ -1,5 +1,5 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Python mirror of the ELASTICKV_* table (``LLAMA_ELASTICKV_VARS`` in cuda_hook/tree/src/llama-elastickv.cpp).
+"""Python mirror of the ELASTICKV_* table (``LLAMA_ELASTICKV_VARS`` in cuda_hook/tree/src/llama-elastickv-config.cpp).
 
 The C++ table is the declaration; ``tests/test_envvars.py`` fails if this mirror drifts from it. The harness
 never writes raw environment variables by hand: it calls :func:`hook_env` and records :func:`resolve` of
@@ -65,7 +65,7 @@ VARS: tuple[Var, ...] = (
 
 BY_NAME = {v.name: v for v in VARS}
 
-#: preset -> (scale_k, scale_v), as EKV_PRESETS in llama-elastickv.cpp
+#: preset -> (scale_k, scale_v), as EKV_PRESETS in llama-elastickv-config.cpp
 PRESETS = {"sweet": (0.45, 0.50), "aggressive": (0.50, 0.50), "k-only": (0.35, 0.00)}
 MODES = ("full", "incremental")
 #: ELASTICKV_POLICY values (scripts/elastickv/policies has their numpy definitions)

@@ -373,19 +373,48 @@ def cell_name(length: int, depth: float, row: str) -> str:
     return f"c{length}-d{100 * depth:g}-{row}"
 
 
+#: row keys besides the hook's: the K/V cache type (-ctk and -ctv, default f16) and the physical cap
+#: (``kv_cells: auto`` = the smallest ELASTICKV_KV_CELLS the hook accepts for the row's budget at the cell's context)
+ROW_EXTRA = ("cache", "kv_cells")
+
+
 def row_env(cfg: dict, row: dict) -> dict[str, str]:
-    unknown = set(row) - {"name", *HOOK_KEYS}
+    unknown = set(row) - {"name", *HOOK_KEYS, *ROW_EXTRA}
     if unknown:
         raise config.ConfigError(f"row {row.get('name')!r}: unknown keys {sorted(unknown)}; "
-                                 f"known: name, {', '.join(HOOK_KEYS)}")
-    opts = {k: row[k] for k in HOOK_KEYS if k in row}
+                                 f"known: name, {', '.join(HOOK_KEYS + ROW_EXTRA)}")
+    opts = {k: row[k] for k in HOOK_KEYS if k in row and k != "kv_cells"}
     if opts.get("policy") in ("random_entries", "topk_entries"):
         raise config.ConfigError(f"row {row['name']!r}: the NIAH grid takes ElasticKV and the token policies "
                                  "(element baselines report no pass positions)")
-    if opts.get("policy", "elastickv") != "elastickv" and cfg["flash_attn"] != "off":
-        raise config.ConfigError(f"row {row['name']!r}: token policies need flash_attn: \"off\" "
-                                 "(--set flash_attn=off)")
-    return envvars.hook_env(evict_every=cfg["evict_every"], **opts) if opts else {}
+    env = envvars.hook_env(evict_every=cfg["evict_every"], **opts) if opts else {}
+    if opts.get("policy", "elastickv") != "elastickv" and cfg["flash_attn"] != "off" \
+            and not envvars.frees_all(envvars.resolve(env)):
+        raise config.ConfigError(f"row {row['name']!r}: with flash attention only policies whose evictions free "
+                                 "their cells run (streaming, random_tokens, or h2o/scissorhands with scope: shared); "
+                                 "others need flash_attn: \"off\" (--set flash_attn=off)")
+    if "kv_cells" in row:
+        if row["kv_cells"] != "auto" or "budget" not in opts:
+            raise config.ConfigError(f"row {row['name']!r}: kv_cells takes auto (the smallest cap for the row's "
+                                     "budget), with a budget")
+        if not envvars.frees_all(envvars.resolve(env)):
+            raise config.ConfigError(f"row {row['name']!r}: kv_cells needs a policy whose evictions free cells")
+    return env
+
+
+def cell_ctx(cfg: dict, length: int) -> int:
+    """-c of a cell: the prompt, the tolerance, the answer and a margin, rounded up to 256."""
+    return -(-(length + cfg["length_tolerance"] + cfg["n_predict"] + 64) // 256) * 256
+
+
+def row_runtime(cfg: dict, row: dict, length: int) -> tuple[dict[str, str], list[str]]:
+    """The cap (ELASTICKV_KV_CELLS) of a row at a cell's length, and its cache-type flags."""
+    env = {}
+    if row.get("kv_cells") == "auto":
+        env["ELASTICKV_KV_CELLS"] = str(envvars.min_kv_cells(str(row["budget"]), cell_ctx(cfg, length),
+                                                             cfg["evict_every"], cfg["evict_every"]))
+    cache = str(row.get("cache", "f16"))
+    return env, ["-ctk", cache, "-ctv", cache]
 
 
 def cell_settings(cfg: dict, model: str, length: int, depth: float, row: dict, haystack_sha: str) -> dict:
@@ -394,7 +423,9 @@ def cell_settings(cfg: dict, model: str, length: int, depth: float, row: dict, h
     return {
         "prompt_format": PROMPT_FORMAT, "model": model, "model_sha256": m["sha256"], "length": length,
         "depth": depth, "row": row["name"],
-        "hook": row_env(cfg, row), "haystack": cfg["haystack_dir"], "haystack_sha256sums": haystack_sha,
+        "hook": row_env(cfg, row) | row_runtime(cfg, row, length)[0],
+        **({"cache": str(row["cache"])} if "cache" in row else {}),
+        "haystack": cfg["haystack_dir"], "haystack_sha256sums": haystack_sha,
         **{k: cfg[k] for k in ("length_tolerance", "seed", "n_predict", "evict_every", "flash_attn", "threads",
                                "variant", "instruction", "needle", "question", "cities")},
     }
@@ -489,11 +520,12 @@ def run_cell(cfg: dict, model: str, prompt: Prompt, row: dict, settings: dict, o
         env["ELASTICKV_STATS"] = paths.relative(stats_path)
     resolved = envvars.resolve(env)
     e = cfg["evict_every"]
-    ctx = -(-(prompt.length + cfg["length_tolerance"] + cfg["n_predict"] + 64) // 256) * 256
+    ctx = cell_ctx(cfg, prompt.length)
     cmd = [paths.relative(binary), "-m", paths.relative(model_path), "-f", paths.relative(prompt_path),
            "-cnv", "-st", "--jinja", "--no-display-prompt", "--no-escape", "--no-warmup", "--keep", "-1",
            "-n", str(cfg["n_predict"]), "--temp", "0", "--seed", str(cfg["seed"]), "-c", str(ctx),
-           "-b", str(e), "-ub", str(e), "-t", str(cfg["threads"]), "-fa", cfg["flash_attn"], "-lv", "4"]
+           "-b", str(e), "-ub", str(e), "-t", str(cfg["threads"]), "-fa", cfg["flash_attn"], "-lv", "4",
+           "-ctk", settings.get("cache", "f16"), "-ctv", settings.get("cache", "f16")]
     log_path = out_dir / f"{name}.log"
     proc_env = dict(env)
     if cfg["omp_wait_policy"]:

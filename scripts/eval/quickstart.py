@@ -80,7 +80,7 @@ def table_rows(records: dict[str, dict]) -> list[dict]:
             "sparsity_k": m["sparsity_k_all"],
             "sparsity_v": m["sparsity_v_all"],
             "nominal": m["nominal"],
-            "bitmap": m["bitmap"],
+            "bitmap": m.get("bitmap"),  # eviction rows have none
             "resident": m["resident"],
             "real_kv_mib": m["kv_real_mib"],
             "record": f"{name}.json",

@@ -27,6 +27,19 @@ POLICY_LABELS = {"baseline": "hook off", "elastickv": "ElasticKV", "streaming": 
                  "random_entries": "random entries", "topk_entries": "top-$k$ entries"}
 
 
+#: memories closer than this (relative) count as equal on a Pareto front: a capped cache and a quantized one of
+#: (nearly) the same bytes (Table 19, Figure 12)
+PARETO_TIE = 0.01
+
+
+def pareto_front(rows: list[dict], memory, quality, tie: float = PARETO_TIE) -> list[dict]:
+    """The rows no other row beats: another row with a lower ``quality(row)`` (lower is better) at a
+    ``memory(row)`` at most (1 + tie) times this row's. Sorted by memory; quality falls along the front."""
+    front = [r for r in rows
+             if not any(quality(o) < quality(r) and memory(o) <= memory(r) * (1 + tie) for o in rows)]
+    return sorted(front, key=memory)
+
+
 class MissingResult(FileNotFoundError):
     """The result file a figure needs is not in results/."""
 

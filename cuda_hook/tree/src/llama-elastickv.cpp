@@ -1,9 +1,12 @@
 // SPDX-License-Identifier: MIT
-// ElasticKV hook: environment, per-sequence triggers, sink masks by position, the per-layer pass,
-// statistics, dumps and verbose output. See llama-elastickv.h for the overview.
-#include "llama-elastickv.h"
-#include "llama-elastickv-evict.h"
-#include "llama-elastickv-dump.h"
+// ElasticKV hook: the setup on a context (cache, layers, devices, the checks that refuse what cannot run), the
+// per-sequence triggers and rewinds, sink masks by position, the per-layer pass (the ElasticKV op; element baselines
+// in llama-elastickv-entries.cpp, token evictions in llama-elastickv-evict.cpp) and the entry points of llama_elastickv. The
+// ELASTICKV_* variables are read in llama-elastickv-config.cpp; stats records, verbose lines and dumps are
+// written by llama-elastickv-report.cpp; the hook's state is in llama-elastickv-impl.h. See llama-elastickv.h
+// for the overview.
+#include "llama-elastickv-impl.h"
+#include "llama-elastickv-internal.h"
 
 #include "llama-impl.h"
 #include "llama-batch.h"
@@ -26,199 +29,12 @@
 #include <stdexcept>
 #include <sys/stat.h>
 
-extern char ** environ;
-
-//
-// the ELASTICKV_* variables (SPEC.md §1): the one declaration
-//
-
-const llama_elastickv_var LLAMA_ELASTICKV_VARS[] = {
-    { "ELASTICKV",             "0",     "0 or 1",                                   "1 enables the hook" },
-    { "ELASTICKV_SCALE_K",     "0.35",  "a number in [0, 100]",                     "key threshold scale" },
-    { "ELASTICKV_SCALE_V",     "0.17",  "a number in [0, 100]",                     "value threshold scale" },
-    { "ELASTICKV_SINK",        "64",    "an integer in [0, context size]",          "positions protected at the start of each sequence" },
-    { "ELASTICKV_EVICT_EVERY", "64",    "an integer in [1, 1048576]",               "tokens between passes" },
-    { "ELASTICKV_WARM",        "128",   "an integer in [0, context size]",          "tokens before the first pass" },
-    { "ELASTICKV_HEAD_DIM",    "auto",  "auto, or the model's KV head dimension",   "KV head dimension; if set it must equal the model's" },
-    { "ELASTICKV_VERBOSE",     "0",     "0, 1 or 2",                                "1: one summary line per pass; 2: per layer and head" },
-    { "ELASTICKV_PRESET",      "none",  "none, sweet, aggressive or k-only",        "sweet (0.45/0.50), aggressive (0.50/0.50), k-only (0.35/0.00); explicit scales override" },
-    { "ELASTICKV_MODE",        "full",  "full or incremental",                      "full: re-threshold the cache each pass; incremental: each cell once" },
-    { "ELASTICKV_STATS",       "",      "a path to a JSONL file (appended)",        "one record per pass, layer, K/V and head" },
-    { "ELASTICKV_DUMP",        "",      "a directory (created if missing)",         "K/V of each layer before and after a pass as .npy, with cell positions" },
-    { "ELASTICKV_POLICY",      "elastickv", "elastickv, streaming, h2o, scissorhands, pyramidkv, random_tokens, random_entries or topk_entries",
-                                                                                        "what a pass does: ElasticKV thresholding, a token eviction (-inf attention bias per layer and KV head; needs -fa off) or an element baseline" },
-    { "ELASTICKV_BUDGET",      "",      "a fraction in (0, 1] written with a decimal point (0.5) or as a percentage (50%), or a whole number of cells (>= 1, token policies only)",
-                                                                                        "every policy but elastickv (required): cells kept per sequence and layer, or the fraction of K/V entries kept" },
-    { "ELASTICKV_RECENT",      "auto",  "auto, or an integer >= 0",                 "token policies: most recent positions always kept; auto: (1 - HEAVY_RATIO) of the budget after the sinks" },
-    { "ELASTICKV_HEAVY_RATIO", "0.8",   "a number in [0, 1]",                       "h2o, scissorhands, pyramidkv, random_tokens: share of the budget after the sinks chosen by priority when RECENT is auto" },
-    { "ELASTICKV_SEED",        "42",    "an integer in [0, 9223372036854775807]",   "random_tokens and random_entries: seed of the hash" },
-    { "ELASTICKV_PYRAMID_BETA","20",    "a number in [1, 1000000]",                 "pyramidkv: the top layer keeps budget/beta cells, the bottom 2*budget - budget/beta" },
-    { "ELASTICKV_SCOPE",       "head",  "head or shared",                           "token policies: head: a keep set per layer and KV head; shared: one keep set per sequence for all layers and heads (scores summed over them), so every eviction frees a cell" },
-    { "ELASTICKV_FREE",        "1",     "0 or 1",                                   "token policies: 1 frees a cell evicted in every layer and KV head (later tokens reuse it); 0 keeps it allocated behind the attention bias (logical eviction)" },
-    { "ELASTICKV_KV_CELLS",    "0",     "0 (the context size), or an integer in [1, context size per sequence]",
-                                                                                        "cells allocated per KV stream: a physical cap, with n_ctx and positions unchanged; needs a token policy whose evictions free cells (streaming, random_tokens, or h2o/scissorhands with ELASTICKV_SCOPE=shared)" },
-};
-
-const size_t LLAMA_ELASTICKV_N_VARS = sizeof(LLAMA_ELASTICKV_VARS)/sizeof(LLAMA_ELASTICKV_VARS[0]);
-
 namespace {
-
-struct ekv_preset {
-    const char * name;
-    float        scale_k;
-    float        scale_v;
-};
-
-const ekv_preset EKV_PRESETS[] = {
-    { "sweet",      0.45f, 0.50f },
-    { "aggressive", 0.50f, 0.50f },
-    { "k-only",     0.35f, 0.00f },
-};
-
-const llama_elastickv_var & ekv_var(const char * name) {
-    for (size_t i = 0; i < LLAMA_ELASTICKV_N_VARS; ++i) {
-        if (strcmp(LLAMA_ELASTICKV_VARS[i].name, name) == 0) {
-            return LLAMA_ELASTICKV_VARS[i];
-        }
-    }
-    throw std::logic_error(std::string("elastickv: undeclared variable ") + name);
-}
-
-[[noreturn]] void ekv_fail(const char * name, const std::string & value, const std::string & why) {
-    throw std::runtime_error(std::string("elastickv: ") + name + "='" + value + "' " + why +
-        "; accepted: " + ekv_var(name).accepts);
-}
-
-// nullptr when unset
-const char * ekv_getenv(const char * name) {
-    (void) ekv_var(name); // only declared variables are read
-    return getenv(name);
-}
-
-int64_t ekv_parse_int(const char * name, const char * s, int64_t lo, int64_t hi) {
-    errno = 0;
-    char * end = nullptr;
-    const long long v = strtoll(s, &end, 10);
-    if (*s == '\0' || end == s || *end != '\0' || errno == ERANGE) {
-        ekv_fail(name, s, "is not an integer");
-    }
-    if (v < lo || v > hi) {
-        ekv_fail(name, s, "is out of range");
-    }
-    return v;
-}
-
-float ekv_parse_scale(const char * name, const char * s) {
-    errno = 0;
-    char * end = nullptr;
-    const float v = strtof(s, &end);
-    if (*s == '\0' || end == s || *end != '\0' || errno == ERANGE) {
-        ekv_fail(name, s, "is not a number");
-    }
-    if (std::isnan(v) || std::isinf(v)) {
-        ekv_fail(name, s, "is not a finite number");
-    }
-    if (v < 0.0f) {
-        ekv_fail(name, s, "is negative");
-    }
-    if (v > 100.0f) {
-        ekv_fail(name, s, "is out of range");
-    }
-    return v;
-}
-
-struct ekv_policy_name {
-    const char *           name;
-    llama_elastickv_policy policy;
-};
-
-const ekv_policy_name EKV_POLICIES[] = {
-    { "elastickv",      LLAMA_ELASTICKV_POLICY_ELASTICKV },
-    { "streaming",      LLAMA_ELASTICKV_POLICY_STREAMING },
-    { "h2o",            LLAMA_ELASTICKV_POLICY_H2O },
-    { "scissorhands",   LLAMA_ELASTICKV_POLICY_SCISSORHANDS },
-    { "pyramidkv",      LLAMA_ELASTICKV_POLICY_PYRAMIDKV },
-    { "random_tokens",  LLAMA_ELASTICKV_POLICY_RANDOM_TOKENS },
-    { "random_entries", LLAMA_ELASTICKV_POLICY_RANDOM_ENTRIES },
-    { "topk_entries",   LLAMA_ELASTICKV_POLICY_TOPK_ENTRIES },
-};
-
-const char * ekv_policy_name_of(llama_elastickv_policy p) {
-    for (const auto & e : EKV_POLICIES) {
-        if (e.policy == p) {
-            return e.name;
-        }
-    }
-    return "?";
-}
-
-double ekv_parse_number(const char * name, const char * s, double lo, double hi) {
-    errno = 0;
-    char * end = nullptr;
-    const double v = strtod(s, &end);
-    if (*s == '\0' || end == s || *end != '\0' || errno == ERANGE || std::isnan(v) || std::isinf(v)) {
-        ekv_fail(name, s, "is not a finite number");
-    }
-    if (v < lo || v > hi) {
-        ekv_fail(name, s, "is out of range");
-    }
-    return v;
-}
-
-// ELASTICKV_BUDGET: "0.5" or "50%" (a fraction), or "2048" (cells)
-void ekv_parse_budget(const char * s, llama_elastickv_budget & b) {
-    const size_t len = strlen(s);
-    if (len > 0 && s[len - 1] == '%') {
-        const std::string num(s, len - 1);
-        errno = 0;
-        char * end = nullptr;
-        const double v = strtod(num.c_str(), &end);
-        if (num.empty() || *end != '\0' || errno == ERANGE || !(v > 0.0 && v <= 100.0)) {
-            ekv_fail("ELASTICKV_BUDGET", s, "is not a percentage in (0%, 100%]");
-        }
-        b.fraction = v/100.0;
-    } else if (strchr(s, '.') || strchr(s, 'e') || strchr(s, 'E')) {
-        errno = 0;
-        char * end = nullptr;
-        const double v = strtod(s, &end);
-        if (*s == '\0' || *end != '\0' || errno == ERANGE || !(v > 0.0 && v <= 1.0)) {
-            ekv_fail("ELASTICKV_BUDGET", s, "is not a fraction in (0, 1]");
-        }
-        b.fraction = v;
-    } else {
-        b.cells = ekv_parse_int("ELASTICKV_BUDGET", s, 1, INT64_MAX);
-    }
-}
-
-const char * ekv_mode_name(llama_elastickv_mode m) {
-    return m == LLAMA_ELASTICKV_MODE_FULL ? "full" : "incremental";
-}
 
 bool ekv_type_supported(ggml_type t) {
     return t == GGML_TYPE_F32  || t == GGML_TYPE_F16  || t == GGML_TYPE_BF16 ||
            t == GGML_TYPE_Q8_0 || t == GGML_TYPE_Q4_0 || t == GGML_TYPE_Q5_0;
 }
-
-std::string ekv_json_escape(const std::string & s) {
-    std::string out;
-    for (char c : s) {
-        if (c == '"' || c == '\\') {
-            out += '\\';
-            out += c;
-        } else if ((unsigned char) c < 0x20) {
-            char buf[8];
-            snprintf(buf, sizeof(buf), "\\u%04x", c);
-            out += buf;
-        } else {
-            out += c;
-        }
-    }
-    return out;
-}
-
-} // namespace
-
-namespace {
 
 void ekv_mkdirs(const std::string & dir) {
     std::string cur;
@@ -226,7 +42,7 @@ void ekv_mkdirs(const std::string & dir) {
         if (i == dir.size() || dir[i] == '/') {
             if (!cur.empty()) {
                 if (mkdir(cur.c_str(), 0777) != 0 && errno != EEXIST) {
-                    ekv_fail("ELASTICKV_DUMP", dir, std::string("cannot be created (") + strerror(errno) + ")");
+                    llama_elastickv_fail("ELASTICKV_DUMP", dir, std::string("cannot be created (") + strerror(errno) + ")");
                 }
             }
         }
@@ -236,7 +52,7 @@ void ekv_mkdirs(const std::string & dir) {
     }
     struct stat st;
     if (stat(dir.c_str(), &st) != 0 || !S_ISDIR(st.st_mode)) {
-        ekv_fail("ELASTICKV_DUMP", dir, "is not a directory");
+        llama_elastickv_fail("ELASTICKV_DUMP", dir, "is not a directory");
     }
 }
 
@@ -245,317 +61,8 @@ int g_ekv_n_ctx = 0; // contexts created with the hook on, for unique dump names
 } // namespace
 
 //
-// configuration
-//
-
-llama_elastickv_config llama_elastickv_config_from_env() {
-    // a misspelt variable would otherwise be ignored silently
-    for (char ** e = environ; e && *e; ++e) {
-        const char * kv = *e;
-        if (strncmp(kv, "ELASTICKV", 9) != 0) {
-            continue;
-        }
-        const char * eq = strchr(kv, '=');
-        const std::string name = eq ? std::string(kv, eq - kv) : std::string(kv);
-        if (name != "ELASTICKV" && name.rfind("ELASTICKV_", 0) != 0) {
-            continue;
-        }
-        bool known = false;
-        for (size_t i = 0; i < LLAMA_ELASTICKV_N_VARS; ++i) {
-            known = known || name == LLAMA_ELASTICKV_VARS[i].name;
-        }
-        if (!known) {
-            std::string names;
-            for (size_t i = 0; i < LLAMA_ELASTICKV_N_VARS; ++i) {
-                names += std::string(i ? ", " : "") + LLAMA_ELASTICKV_VARS[i].name;
-            }
-            throw std::runtime_error("elastickv: unknown variable " + name + "; known variables: " + names);
-        }
-    }
-
-    llama_elastickv_config cfg;
-    const char * s;
-
-    if ((s = ekv_getenv("ELASTICKV"))) {
-        cfg.enabled = ekv_parse_int("ELASTICKV", s, 0, 1) == 1;
-    }
-    if ((s = ekv_getenv("ELASTICKV_PRESET"))) {
-        bool found = strcmp(s, "none") == 0;
-        for (const auto & p : EKV_PRESETS) {
-            if (strcmp(s, p.name) == 0) {
-                cfg.scale_k = p.scale_k;
-                cfg.scale_v = p.scale_v;
-                found = true;
-            }
-        }
-        if (!found) {
-            ekv_fail("ELASTICKV_PRESET", s, "is not a preset");
-        }
-        cfg.preset = s;
-    }
-    if ((s = ekv_getenv("ELASTICKV_SCALE_K"))) {
-        cfg.scale_k = ekv_parse_scale("ELASTICKV_SCALE_K", s);
-    }
-    if ((s = ekv_getenv("ELASTICKV_SCALE_V"))) {
-        cfg.scale_v = ekv_parse_scale("ELASTICKV_SCALE_V", s);
-    }
-    // context-dependent upper bounds are checked when the context is known
-    if ((s = ekv_getenv("ELASTICKV_SINK"))) {
-        cfg.sink = (int32_t) ekv_parse_int("ELASTICKV_SINK", s, 0, INT32_MAX);
-    }
-    if ((s = ekv_getenv("ELASTICKV_EVICT_EVERY"))) {
-        cfg.evict_every = (int32_t) ekv_parse_int("ELASTICKV_EVICT_EVERY", s, 1, 1048576);
-    }
-    if ((s = ekv_getenv("ELASTICKV_WARM"))) {
-        cfg.warm = (int32_t) ekv_parse_int("ELASTICKV_WARM", s, 0, INT32_MAX);
-    }
-    if ((s = ekv_getenv("ELASTICKV_HEAD_DIM"))) {
-        cfg.head_dim = strcmp(s, "auto") == 0 ? 0 : (int32_t) ekv_parse_int("ELASTICKV_HEAD_DIM", s, 1, 65536);
-    }
-    if ((s = ekv_getenv("ELASTICKV_VERBOSE"))) {
-        cfg.verbose = (int32_t) ekv_parse_int("ELASTICKV_VERBOSE", s, 0, 2);
-    }
-    if ((s = ekv_getenv("ELASTICKV_MODE"))) {
-        if (strcmp(s, "full") == 0) {
-            cfg.mode = LLAMA_ELASTICKV_MODE_FULL;
-        } else if (strcmp(s, "incremental") == 0) {
-            cfg.mode = LLAMA_ELASTICKV_MODE_INCREMENTAL;
-        } else {
-            ekv_fail("ELASTICKV_MODE", s, "is not a mode");
-        }
-    }
-    if ((s = ekv_getenv("ELASTICKV_STATS"))) {
-        if (*s == '\0') {
-            ekv_fail("ELASTICKV_STATS", s, "is empty");
-        }
-        cfg.stats_path = s;
-    }
-    if ((s = ekv_getenv("ELASTICKV_DUMP"))) {
-        if (*s == '\0') {
-            ekv_fail("ELASTICKV_DUMP", s, "is empty");
-        }
-        cfg.dump_dir = s;
-    }
-
-    // the baselines (llama-elastickv-policy.h)
-    if ((s = ekv_getenv("ELASTICKV_POLICY"))) {
-        bool found = false;
-        for (const auto & e : EKV_POLICIES) {
-            if (strcmp(s, e.name) == 0) {
-                cfg.policy = e.policy;
-                found = true;
-            }
-        }
-        if (!found) {
-            ekv_fail("ELASTICKV_POLICY", s, "is not a policy");
-        }
-    }
-    const char * policy_name = ekv_policy_name_of(cfg.policy);
-    const llama_elastickv_policy_desc * desc = llama_elastickv_policy_get(cfg.policy);
-    // a variable the chosen policy does not read is refused: it would be ignored silently
-    auto unused = [&](const char * name, const char * why) {
-        if ((s = ekv_getenv(name))) {
-            ekv_fail(name, s, std::string("is set but ELASTICKV_POLICY=") + policy_name + " " + why);
-        }
-    };
-    if ((s = ekv_getenv("ELASTICKV_KV_CELLS"))) {
-        cfg.kv_cells = (uint32_t) ekv_parse_int("ELASTICKV_KV_CELLS", s, 0, INT32_MAX); // checked against the context by llama_elastickv_kv_cells
-    }
-    if (!desc || !desc->token) {
-        unused("ELASTICKV_SCOPE", "evicts no cells");
-        unused("ELASTICKV_FREE", "evicts no cells");
-    }
-    if (!desc) {
-        for (const char * name : { "ELASTICKV_BUDGET", "ELASTICKV_RECENT", "ELASTICKV_HEAVY_RATIO", "ELASTICKV_SEED", "ELASTICKV_PYRAMID_BETA" }) {
-            unused(name, "does not use it (it sets the baselines' budget)");
-        }
-        return cfg;
-    }
-    for (const char * name : { "ELASTICKV_PRESET", "ELASTICKV_SCALE_K", "ELASTICKV_SCALE_V", "ELASTICKV_MODE" }) {
-        unused(name, "does not use it (it sets ElasticKV's thresholds)");
-    }
-    cfg.scale_k = cfg.scale_v = 0.0f; // the ElasticKV op does not run
-    if (!(s = ekv_getenv("ELASTICKV_BUDGET"))) {
-        throw std::runtime_error(std::string("elastickv: ELASTICKV_POLICY=") + policy_name + " needs ELASTICKV_BUDGET; accepted: " +
-            ekv_var("ELASTICKV_BUDGET").accepts);
-    }
-    ekv_parse_budget(s, cfg.budget);
-    if (!desc->token && cfg.budget.fraction <= 0.0) {
-        ekv_fail("ELASTICKV_BUDGET", s, std::string("is a cell count, but ELASTICKV_POLICY=") + policy_name + " keeps a fraction of the K/V entries");
-    }
-    if (!desc->token) {
-        unused("ELASTICKV_RECENT", "zeroes entries, it keeps no recent window");
-        unused("ELASTICKV_HEAVY_RATIO", "zeroes entries, it has no heavy hitters");
-        unused("ELASTICKV_PYRAMID_BETA", "is not pyramidkv");
-    } else if (cfg.policy != LLAMA_ELASTICKV_POLICY_PYRAMIDKV) {
-        unused("ELASTICKV_PYRAMID_BETA", "is not pyramidkv");
-    }
-    if (cfg.policy == LLAMA_ELASTICKV_POLICY_STREAMING) {
-        unused("ELASTICKV_RECENT", "keeps the most recent cells of the budget anyway");
-        unused("ELASTICKV_HEAVY_RATIO", "has no heavy hitters");
-    }
-    if (cfg.policy != LLAMA_ELASTICKV_POLICY_RANDOM_TOKENS && cfg.policy != LLAMA_ELASTICKV_POLICY_RANDOM_ENTRIES) {
-        unused("ELASTICKV_SEED", "is not random");
-    }
-    if ((s = ekv_getenv("ELASTICKV_RECENT")) && strcmp(s, "auto") != 0) {
-        cfg.budget.recent = (int32_t) ekv_parse_int("ELASTICKV_RECENT", s, 0, INT32_MAX);
-    }
-    if ((s = ekv_getenv("ELASTICKV_HEAVY_RATIO"))) {
-        cfg.budget.heavy_ratio = ekv_parse_number("ELASTICKV_HEAVY_RATIO", s, 0.0, 1.0);
-    }
-    if ((s = ekv_getenv("ELASTICKV_SEED"))) {
-        cfg.budget.seed = (uint64_t) ekv_parse_int("ELASTICKV_SEED", s, 0, INT64_MAX);
-    }
-    if ((s = ekv_getenv("ELASTICKV_PYRAMID_BETA"))) {
-        cfg.budget.beta = ekv_parse_number("ELASTICKV_PYRAMID_BETA", s, 1.0, 1e6);
-    }
-    if ((s = ekv_getenv("ELASTICKV_SCOPE"))) {
-        if (strcmp(s, "head") == 0) {
-            cfg.scope = LLAMA_ELASTICKV_SCOPE_HEAD;
-        } else if (strcmp(s, "shared") == 0) {
-            cfg.scope = LLAMA_ELASTICKV_SCOPE_SHARED;
-        } else {
-            ekv_fail("ELASTICKV_SCOPE", s, "is not a scope");
-        }
-        if (cfg.scope == LLAMA_ELASTICKV_SCOPE_SHARED && cfg.policy == LLAMA_ELASTICKV_POLICY_PYRAMIDKV) {
-            ekv_fail("ELASTICKV_SCOPE", s, "cannot be used with ELASTICKV_POLICY=pyramidkv, whose budgets differ per layer (one keep set for all layers would drop them)");
-        }
-    }
-    if ((s = ekv_getenv("ELASTICKV_FREE"))) {
-        cfg.free_cells = ekv_parse_int("ELASTICKV_FREE", s, 0, 1) == 1;
-    }
-    return cfg;
-}
-
-//
 // the hook
 //
-
-namespace {
-
-// Where one KV layer lives and how its heads are shaped.
-struct ekv_layer {
-    int32_t       il;        // model layer
-    int32_t       dev;       // index into impl::devs
-    int32_t       n_head;
-    int32_t       hd_k;
-    int32_t       hd_v;
-    int64_t       n_embd_v;  // V width of this layer (the transposed storage may be wider)
-    ggml_tensor * k;
-    ggml_tensor * v;
-    std::vector<ggml_tensor *> state_k; // per stream, F64 [NSTATE, n_head, n_group]
-    std::vector<ggml_tensor *> state_v;
-};
-
-// A backend holding some of the layers, with the hook's own tensors next to them.
-struct ekv_device {
-    ggml_backend_t             backend;
-    ggml_backend_buffer_type_t buft;
-    ggml_context_ptr           ctx;
-    ggml_backend_buffer_ptr    buf;
-    std::vector<ggml_tensor *> cells_k; // per stream, I32 [2, kv_size]
-    std::vector<ggml_tensor *> cells_v;
-};
-
-// Per sequence.
-struct ekv_seq {
-    llama_pos last_pass_pos = -1; // pos_max at the last pass, -1 before the first
-    int32_t   epoch         = 0;  // bumped when the sequence is rewound (cleared, shortened, restored)
-    bool      reset_k       = false; // incremental mode: restart the running K statistic at the next pass
-    bool      reset_v       = false;
-};
-
-} // namespace
-
-struct llama_elastickv::impl {
-    llama_elastickv_config cfg;
-    const llama_cparams &  cparams;
-    llama_kv_cache *       kv;
-    int32_t                ctx_id;
-
-    bool     unified;
-    uint32_t n_stream;
-    uint32_t n_seq;
-    uint32_t n_group;
-    bool     v_trans;
-    bool     collect; // stats, verbose or dump: count non-zeros over the whole sequence and read them back
-
-    std::vector<ekv_layer>  layers;
-    std::vector<ekv_device> devs;
-    std::vector<ekv_seq>    seqs;
-
-    std::vector<std::vector<uint8_t>> processed_k; // [stream][cell]: incremental mode, K of the cell thresholded
-    std::vector<std::vector<uint8_t>> processed_v;
-
-    std::vector<std::vector<int32_t>> list_k; // [stream]: (cell, code) pairs of the current pass
-    std::vector<std::vector<int32_t>> list_v;
-
-    std::vector<uint8_t> graph_mem;
-    int64_t              n_pass = 0;
-    FILE *               stats  = nullptr;
-
-    const llama_elastickv_policy_desc *    desc = nullptr; // nullptr: ElasticKV itself
-    std::unique_ptr<llama_elastickv_evict> evict;           // token policies
-
-    // K (kind 0) or V (kind 1) is rewritten by the pass: ElasticKV with a scale > 0, or an element baseline
-    bool acts(int kind) const {
-        if (desc) {
-            return !desc->token;
-        }
-        return (kind == 0 ? cfg.scale_k : cfg.scale_v) > 0.0f;
-    }
-
-    impl(const llama_elastickv_config & cfg, const llama_cparams & cparams) : cfg(cfg), cparams(cparams) {}
-
-    ~impl() {
-        if (stats) {
-            fclose(stats);
-        }
-    }
-
-    const llama_kv_cells & cells_of(uint32_t strm) const { return kv->v_cells[strm]; }
-
-    // lowest sequence id in the cell: a cell shared by several sequences is handled by one of them only
-    llama_seq_id owner(const llama_kv_cells & cells, uint32_t c) const {
-        for (uint32_t s = 0; s < n_seq; ++s) {
-            if (cells.seq_has(c, s)) {
-                return (llama_seq_id) s;
-            }
-        }
-        return -1;
-    }
-
-    uint32_t group_of(llama_seq_id s) const { return unified ? (uint32_t) s : 0; }
-
-    void mark_seq_unprocessed(llama_seq_id s, bool k, bool v) {
-        const uint32_t strm = kv->seq_to_stream[s];
-        for (const auto & pc : cells_of(strm).seq_pos_get(s)) {
-            if (k) { processed_k[strm][pc.second] = 0; }
-            if (v) { processed_v[strm][pc.second] = 0; }
-        }
-    }
-
-    // the sequence went back in time (cleared, shortened, restored): start over
-    void rewind(llama_seq_id s) {
-        auto & sq = seqs[s];
-        sq.last_pass_pos = -1;
-        sq.epoch++;
-        sq.reset_k = sq.reset_v = true;
-        mark_seq_unprocessed(s, true, true);
-    }
-
-    void setup(const llama_model & model, const std::vector<ggml_backend_t> & backends);
-    void check_supported();
-    void echo(const llama_model & model) const;
-    void run_pass(const std::vector<llama_seq_id> & seqs_pass);
-    void build_lists(const std::vector<uint8_t> & in_pass);
-    void upload(const std::vector<llama_seq_id> & seqs_pass);
-    void compute();
-    void read_state(std::vector<std::vector<double>> & host) const;
-    void report(const std::vector<llama_seq_id> & seqs_pass, const std::vector<std::vector<double>> & host, double ms);
-    void dump(const char * when) const;
-    void entries_apply(const std::vector<llama_seq_id> & seqs_pass);
-};
 
 // finds the attention KV cache this hook works on; nullptr for memories without one
 static llama_kv_cache * ekv_find_kv(llama_memory_i * memory) {
@@ -585,10 +92,10 @@ void llama_elastickv::impl::setup(const llama_model & model, const std::vector<g
 
     const uint32_t n_ctx_seq = cparams.n_ctx_seq;
     if ((uint32_t) cfg.sink > n_ctx_seq) {
-        ekv_fail("ELASTICKV_SINK", std::to_string(cfg.sink), "is larger than the context (" + std::to_string(n_ctx_seq) + " tokens per sequence)");
+        llama_elastickv_fail("ELASTICKV_SINK", std::to_string(cfg.sink), "is larger than the context (" + std::to_string(n_ctx_seq) + " tokens per sequence)");
     }
     if ((uint32_t) cfg.warm > n_ctx_seq) {
-        ekv_fail("ELASTICKV_WARM", std::to_string(cfg.warm), "is larger than the context (" + std::to_string(n_ctx_seq) + " tokens per sequence)");
+        llama_elastickv_fail("ELASTICKV_WARM", std::to_string(cfg.warm), "is larger than the context (" + std::to_string(n_ctx_seq) + " tokens per sequence)");
     }
 
     const ggml_type type_k = kv->type_k();
@@ -628,7 +135,7 @@ void llama_elastickv::impl::setup(const llama_model & model, const std::vector<g
 
     // layers and the devices holding them
     for (const auto & L : kv->layers) {
-        ekv_layer l;
+        layer l;
         l.il       = (int32_t) L.il;
         l.n_head   = (int32_t) hparams.n_head_kv(L.il);
         l.hd_k     = (int32_t) hparams.n_embd_head_k(L.il);
@@ -640,7 +147,7 @@ void llama_elastickv::impl::setup(const llama_model & model, const std::vector<g
             throw std::runtime_error("elastickv: ELASTICKV=1 but layer " + std::to_string(l.il) + " has no V cache");
         }
         if (cfg.head_dim > 0 && (cfg.head_dim != l.hd_k || cfg.head_dim != l.hd_v)) {
-            ekv_fail("ELASTICKV_HEAD_DIM", std::to_string(cfg.head_dim),
+            llama_elastickv_fail("ELASTICKV_HEAD_DIM", std::to_string(cfg.head_dim),
                 "does not match the model (layer " + std::to_string(l.il) + ": K head dim " + std::to_string(l.hd_k) +
                 ", V head dim " + std::to_string(l.hd_v) + ")");
         }
@@ -672,7 +179,7 @@ void llama_elastickv::impl::setup(const llama_model & model, const std::vector<g
                 throw std::runtime_error(std::string("elastickv: no backend of this context can access the KV buffer type ") +
                     ggml_backend_buft_name(buft));
             }
-            ekv_device d;
+            device d;
             d.backend = backend;
             d.buft    = buft;
             devs.push_back(std::move(d));
@@ -712,7 +219,7 @@ void llama_elastickv::impl::setup(const llama_model & model, const std::vector<g
         ggml_backend_buffer_clear(D.buf.get(), 0);
     }
 
-    seqs.assign(n_seq, ekv_seq());
+    seqs.assign(n_seq, seq_state());
     processed_k.assign(n_stream, std::vector<uint8_t>(kv_size, 0));
     processed_v.assign(n_stream, std::vector<uint8_t>(kv_size, 0));
     list_k.assign(n_stream, {});
@@ -726,7 +233,7 @@ void llama_elastickv::impl::setup(const llama_model & model, const std::vector<g
     if (!cfg.stats_path.empty()) {
         stats = fopen(cfg.stats_path.c_str(), "a");
         if (!stats) {
-            ekv_fail("ELASTICKV_STATS", cfg.stats_path, std::string("cannot be opened for appending (") + strerror(errno) + ")");
+            llama_elastickv_fail("ELASTICKV_STATS", cfg.stats_path, std::string("cannot be opened for appending (") + strerror(errno) + ")");
         }
     }
     if (!cfg.dump_dir.empty()) {
@@ -763,36 +270,6 @@ void llama_elastickv::impl::check_supported() {
             }
         }
     }
-}
-
-void llama_elastickv::impl::echo(const llama_model & model) const {
-    const auto & hparams = model.hparams;
-    std::string devnames;
-    for (const auto & d : devs) {
-        devnames += std::string(devnames.empty() ? "" : ",") + ggml_backend_name(d.backend);
-    }
-    LLAMA_LOG_WARN("elastickv: ELASTICKV=1 mode=%s preset=%s scale_k=%.4g scale_v=%.4g sink=%d evict_every=%d warm=%d "
-                   "head_dim=%s verbose=%d stats=%s dump=%s\n",
-        ekv_mode_name(cfg.mode), cfg.preset.c_str(), cfg.scale_k, cfg.scale_v, cfg.sink, cfg.evict_every, cfg.warm,
-        cfg.head_dim ? std::to_string(cfg.head_dim).c_str() : "auto", cfg.verbose,
-        cfg.stats_path.empty() ? "-" : cfg.stats_path.c_str(), cfg.dump_dir.empty() ? "-" : cfg.dump_dir.c_str());
-    if (desc) {
-        LLAMA_LOG_WARN("elastickv: policy=%s budget=%s recent=%s heavy_ratio=%.3g seed=%" PRIu64 " pyramid_beta=%.3g "
-                       "scope=%s free=%d kv_cells=%u (the ElasticKV thresholds are not used)\n", desc->name,
-            cfg.budget.fraction > 0 ? (std::to_string(cfg.budget.fraction) + " (fraction)").c_str() : (std::to_string(cfg.budget.cells) + " cells").c_str(),
-            cfg.budget.recent < 0 ? "auto" : std::to_string(cfg.budget.recent).c_str(), cfg.budget.heavy_ratio, cfg.budget.seed, cfg.budget.beta,
-            cfg.scope == LLAMA_ELASTICKV_SCOPE_SHARED ? "shared" : "head", cfg.free_cells ? 1 : 0, cfg.kv_cells);
-        if (evict) {
-            LLAMA_LOG_WARN("elastickv: eviction state %.2f MiB on the KV devices (%s%skeep), %u cells per stream of %u logical\n",
-                evict->device_bytes()/1048576.0, cparams.flash_attn ? "" : "bias, ", evict->uses_scores() ? "score, " : "",
-                kv->get_size(), cparams.n_ctx_seq);
-        }
-    }
-    LLAMA_LOG_WARN("elastickv: cache K %s V %s%s, %zu layers x %u KV heads x head dim %u/%u, %u stream(s), %u group(s), "
-                   "K domain %s, V domain %s, backend %s\n",
-        ggml_type_name(kv->type_k()), ggml_type_name(kv->type_v()), v_trans ? " (V transposed)" : "",
-        layers.size(), hparams.n_head_kv(0), hparams.n_embd_head_k(0), hparams.n_embd_head_v(0), n_stream, n_group,
-        kv->attn_rot_k ? "hadamard-rotated" : "plain", kv->attn_rot_v ? "hadamard-rotated" : "plain", devnames.c_str());
 }
 
 // Fills list_k/list_v for the sequences flagged in in_pass.
@@ -925,228 +402,6 @@ void llama_elastickv::impl::compute() {
     }
 }
 
-// host[layer*2 + kind] = the layer's K (kind 0) or V (kind 1) state of every stream, concatenated
-void llama_elastickv::impl::read_state(std::vector<std::vector<double>> & host) const {
-    for (const auto & D : devs) {
-        ggml_backend_synchronize(D.backend);
-    }
-    host.assign(2*layers.size(), {});
-    for (size_t i = 0; i < layers.size(); ++i) {
-        const auto & l = layers[i];
-        for (int kind = 0; kind < 2; ++kind) {
-            const auto & st = kind == 0 ? l.state_k : l.state_v;
-            auto & h = host[2*i + kind];
-            const size_t n = ggml_nelements(st[0]);
-            h.resize(n*n_stream);
-            for (uint32_t strm = 0; strm < n_stream; ++strm) {
-                ggml_backend_tensor_get(st[strm], h.data() + strm*n, 0, n*sizeof(double));
-            }
-        }
-    }
-}
-
-// Stats records and verbose lines from the state read back after the pass.
-void llama_elastickv::impl::report(const std::vector<llama_seq_id> & seqs_pass, const std::vector<std::vector<double>> & host, double ms) {
-    for (llama_seq_id s : seqs_pass) {
-        const uint32_t strm = kv->seq_to_stream[s];
-        const uint32_t g    = group_of(s);
-        const llama_pos pos_max = kv->seq_pos_max(s);
-        double tot[2][2] = { { 0, 0 }, { 0, 0 } }; // [kind][n_obs, nnz_obs]
-        for (size_t i = 0; i < layers.size(); ++i) {
-            const auto & l = layers[i];
-            for (int kind = 0; kind < 2; ++kind) {
-                const float scale = kind == 0 ? cfg.scale_k : cfg.scale_v;
-                if (scale <= 0.0f) {
-                    continue;
-                }
-                const auto & h = host[2*i + kind];
-                const size_t per_stream = (size_t) GGML_KV_SPARSIFY_NSTATE*l.n_head*n_group;
-                double lay[2] = { 0, 0 };
-                for (int hd = 0; hd < l.n_head; ++hd) {
-                    const double * st = h.data() + strm*per_stream + ((size_t) g*l.n_head + hd)*GGML_KV_SPARSIFY_NSTATE;
-                    lay[0] += st[GGML_KV_SPARSIFY_N_OBS];
-                    lay[1] += st[GGML_KV_SPARSIFY_NNZ_OBS];
-                    if (stats) {
-                        fprintf(stats, "{\"record\": \"head\", \"ctx\": %d, \"pass\": %" PRId64 ", \"seq\": %d, \"epoch\": %d, "
-                            "\"pos_max\": %d, \"layer\": %d, \"kv\": \"%s\", \"head\": %d, \"scale\": %.6g, \"tau\": %.9g, "
-                            "\"S\": %.17g, \"N\": %.0f, \"n\": %.0f, \"nnz\": %.0f, \"n_obs\": %.0f, \"nnz_obs\": %.0f, \"hist\": [",
-                            ctx_id, n_pass, s, seqs[s].epoch, pos_max, l.il, kind == 0 ? "k" : "v", hd, scale,
-                            st[GGML_KV_SPARSIFY_TAU], st[GGML_KV_SPARSIFY_S], st[GGML_KV_SPARSIFY_N],
-                            st[GGML_KV_SPARSIFY_N_PROC], st[GGML_KV_SPARSIFY_NNZ_PROC],
-                            st[GGML_KV_SPARSIFY_N_OBS], st[GGML_KV_SPARSIFY_NNZ_OBS]);
-                        for (int b = 0; b <= GGML_KV_SPARSIFY_BLOCK; ++b) {
-                            fprintf(stats, b ? ", %.0f" : "%.0f", st[GGML_KV_SPARSIFY_HIST0 + b]);
-                        }
-                        fprintf(stats, "]}\n");
-                    }
-                    if (cfg.verbose >= 2) {
-                        LLAMA_LOG_WARN("elastickv:   pass %" PRId64 " seq %d layer %2d %s head %d: tau %.5f, zero %5.1f%% of %.0f thresholded, %5.1f%% overall\n",
-                            n_pass, s, l.il, kind == 0 ? "K" : "V", hd, st[GGML_KV_SPARSIFY_TAU],
-                            st[GGML_KV_SPARSIFY_N_PROC] > 0 ? 100.0*(1.0 - st[GGML_KV_SPARSIFY_NNZ_PROC]/st[GGML_KV_SPARSIFY_N_PROC]) : 0.0,
-                            st[GGML_KV_SPARSIFY_N_PROC],
-                            st[GGML_KV_SPARSIFY_N_OBS] > 0 ? 100.0*(1.0 - st[GGML_KV_SPARSIFY_NNZ_OBS]/st[GGML_KV_SPARSIFY_N_OBS]) : 0.0);
-                    }
-                }
-                tot[kind][0] += lay[0];
-                tot[kind][1] += lay[1];
-            }
-        }
-        if (cfg.verbose >= 1) {
-            const double nk = tot[0][0], nv = tot[1][0];
-            const double zk = nk > 0 ? 100.0*(1.0 - tot[0][1]/nk) : 0.0;
-            const double zv = nv > 0 ? 100.0*(1.0 - tot[1][1]/nv) : 0.0;
-            const double nominal = (tot[0][1] + tot[1][1]) > 0 ? (nk + nv)/(tot[0][1] + tot[1][1]) : 0.0;
-            LLAMA_LOG_WARN("elastickv: pass %" PRId64 " seq %d epoch %d pos_max %d (%s): K %.1f%% V %.1f%% zero, nominal %.3fx, %.2f ms\n",
-                n_pass, s, seqs[s].epoch, pos_max, ekv_mode_name(cfg.mode), zk, zv, nominal, ms);
-        }
-    }
-    if (stats) {
-        fflush(stats);
-    }
-}
-
-// Writes the listed cells of every layer as float32 [n, n_head, head_dim] .npy files, plus the cell lists.
-void llama_elastickv::impl::dump(const char * when) const {
-    for (const auto & D : devs) {
-        ggml_backend_synchronize(D.backend);
-    }
-    char prefix[64];
-    snprintf(prefix, sizeof(prefix), "ctx%d_pass%06" PRId64, ctx_id, n_pass);
-    if (strcmp(when, "before") == 0) {
-        // the cache's own occupied cells, for checking that the lists below cover every cell of the sequences
-        llama_elastickv_write_cells(cfg.dump_dir + "/" + prefix + "_kvcells.npy", kv->v_cells);
-    }
-    for (int kind = 0; kind < 2; ++kind) {
-        if (!acts(kind)) {
-            continue;
-        }
-        const char * kn = kind == 0 ? "k" : "v";
-        const auto & lists = kind == 0 ? list_k : list_v;
-        if (strcmp(when, "before") == 0) {
-            std::vector<int32_t> rows; // stream, cell, pos, code
-            for (uint32_t strm = 0; strm < n_stream; ++strm) {
-                for (size_t e = 0; e + 1 < lists[strm].size(); e += 2) {
-                    const int32_t c = lists[strm][e];
-                    rows.insert(rows.end(), { (int32_t) strm, c, cells_of(strm).pos_get(c), lists[strm][e + 1] });
-                }
-            }
-            llama_elastickv_write_npy(cfg.dump_dir + "/" + prefix + "_cells_" + kn + ".npy", "<i4", { (int64_t) rows.size()/4, 4 },
-                rows.data(), rows.size()*sizeof(int32_t));
-        }
-        std::vector<std::vector<uint32_t>> cells(n_stream); // the listed cells of each stream, list order
-        for (uint32_t strm = 0; strm < n_stream; ++strm) {
-            for (size_t e = 0; e + 1 < lists[strm].size(); e += 2) {
-                cells[strm].push_back((uint32_t) lists[strm][e]);
-            }
-        }
-        for (const auto & l : layers) {
-            ggml_tensor * t  = kind == 0 ? l.k : l.v;
-            const int     hd = kind == 0 ? l.hd_k : l.hd_v;
-            const int64_t n_embd = (int64_t) l.n_head*hd;
-            std::vector<float> out;
-            for (uint32_t strm = 0; strm < n_stream; ++strm) {
-                llama_elastickv_read_rows(t, strm, kind == 1 && v_trans, n_embd, cells[strm], out);
-            }
-            char name[96];
-            snprintf(name, sizeof(name), "%s_l%03d_%s_%s.npy", prefix, l.il, kn, when);
-            llama_elastickv_write_npy(cfg.dump_dir + "/" + name, "<f4", { (int64_t) (out.size()/n_embd), l.n_head, hd },
-                out.data(), out.size()*sizeof(float));
-        }
-    }
-}
-
-// The element baselines: the listed cells' K/V rows are read, zeroed per KV head by the policy and written
-// back (host memory is edited in place; other buffers go through a host copy of the stream).
-void llama_elastickv::impl::entries_apply(const std::vector<llama_seq_id> & seqs_pass) {
-    for (const auto & D : devs) {
-        ggml_backend_synchronize(D.backend);
-    }
-    const uint32_t kv_size = kv->get_size();
-    std::vector<uint8_t> slab;
-    std::vector<float>   row;
-    for (size_t li = 0; li < layers.size(); ++li) {
-        const auto & l = layers[li];
-        for (int kind = 0; kind < 2; ++kind) {
-            ggml_tensor * t     = kind == 0 ? l.k : l.v;
-            const int     hd    = kind == 0 ? l.hd_k : l.hd_v;
-            const bool    trans = kind == 1 && v_trans;
-            const bool    f16   = t->type == GGML_TYPE_F16;
-            const size_t  elt   = ggml_type_size(t->type);
-            const auto &  lists = kind == 0 ? list_k : list_v;
-            double n_all = 0, nnz_all = 0;
-            for (uint32_t strm = 0; strm < n_stream; ++strm) {
-                const auto & list = lists[strm];
-                if (list.empty()) {
-                    continue;
-                }
-                uint8_t * base;
-                const bool host = ggml_backend_buffer_is_host(t->buffer);
-                if (host) {
-                    base = (uint8_t *) t->data + strm*t->nb[2];
-                } else {
-                    slab.resize(t->nb[2]);
-                    ggml_backend_tensor_get(t, slab.data(), strm*t->nb[2], t->nb[2]);
-                    base = slab.data();
-                }
-                // element j of head h of cell c
-                auto at = [&](int64_t c, int h, int j) -> uint8_t * {
-                    const int64_t e = (int64_t) h*hd + j;
-                    return trans ? base + (e*kv_size + c)*elt : base + c*t->nb[1] + e*elt;
-                };
-                row.resize(hd);
-                for (size_t e = 0; e + 1 < list.size(); e += 2) {
-                    const int64_t   c    = list[e];
-                    const bool      proc = list[e + 1] & GGML_KV_SPARSIFY_PROCESS;
-                    const llama_pos pos  = cells_of(strm).pos_get((uint32_t) c);
-                    for (int h = 0; h < l.n_head; ++h) {
-                        for (int j = 0; j < hd; ++j) {
-                            const uint8_t * q = at(c, h, j);
-                            row[j] = f16 ? ggml_fp16_to_fp32(*(const ggml_fp16_t *) q) : *(const float *) q;
-                        }
-                        if (proc) {
-                            if (cfg.policy == LLAMA_ELASTICKV_POLICY_RANDOM_ENTRIES) {
-                                llama_elastickv_random_entries(cfg.budget, (int32_t) li, kind, h, pos, row.data(), hd);
-                            } else {
-                                llama_elastickv_topk_entries(cfg.budget, row.data(), hd);
-                            }
-                            for (int j = 0; j < hd; ++j) {
-                                uint8_t * q = at(c, h, j);
-                                if (f16) {
-                                    *(ggml_fp16_t *) q = ggml_fp32_to_fp16(row[j]);
-                                } else {
-                                    *(float *) q = row[j];
-                                }
-                            }
-                        }
-                        if (pos >= cfg.sink) {
-                            for (int j = 0; j < hd; ++j) {
-                                nnz_all += row[j] != 0.0f;
-                            }
-                            n_all += hd;
-                        }
-                    }
-                }
-                if (!host) {
-                    ggml_backend_tensor_set(t, slab.data(), strm*t->nb[2], t->nb[2]);
-                }
-            }
-            if (stats && n_all > 0) {
-                fprintf(stats, "{\"record\": \"entries\", \"ctx\": %d, \"pass\": %" PRId64 ", \"layer\": %d, \"kv\": \"%s\", "
-                    "\"n_obs\": %.0f, \"nnz_obs\": %.0f}\n", ctx_id, n_pass, l.il, kind == 0 ? "k" : "v", n_all, nnz_all);
-            }
-        }
-    }
-    if (stats) {
-        fflush(stats);
-    }
-    if (cfg.verbose >= 1) {
-        for (llama_seq_id s : seqs_pass) {
-            LLAMA_LOG_WARN("elastickv: pass %" PRId64 " seq %d pos_max %d (%s): entries of the new cells outside the sinks zeroed\n",
-                n_pass, s, kv->seq_pos_max(s), desc->name);
-        }
-    }
-}
-
 void llama_elastickv::impl::run_pass(const std::vector<llama_seq_id> & seqs_pass) {
     const int64_t t0 = ggml_time_us();
 
@@ -1187,28 +442,7 @@ void llama_elastickv::impl::run_pass(const std::vector<llama_seq_id> & seqs_pass
         }
         if (!cfg.dump_dir.empty()) {
             dump("after");
-            char name[64];
-            snprintf(name, sizeof(name), "ctx%d_pass%06" PRId64 ".json", ctx_id, n_pass);
-            const std::string path = cfg.dump_dir + "/" + name;
-            FILE * f = fopen(path.c_str(), "w");
-            if (f) {
-                fprintf(f, "{\"policy\": \"%s\", \"fraction\": %.17g, \"seed\": %" PRIu64 ", ", ekv_policy_name_of(cfg.policy), cfg.budget.fraction, cfg.budget.seed);
-                fprintf(f, "\"ctx\": %d, \"pass\": %" PRId64 ", \"mode\": \"%s\", \"scale_k\": %.6g, \"scale_v\": %.6g, \"sink\": %d, "
-                    "\"type_k\": \"%s\", \"type_v\": \"%s\", \"v_trans\": %s, \"unified\": %s, \"seqs\": [",
-                    ctx_id, n_pass, ekv_mode_name(cfg.mode), cfg.scale_k, cfg.scale_v, cfg.sink,
-                    ggml_type_name(kv->type_k()), ggml_type_name(kv->type_v()), v_trans ? "true" : "false", unified ? "true" : "false");
-                for (size_t i = 0; i < seqs_pass.size(); ++i) {
-                    const llama_seq_id s = seqs_pass[i];
-                    fprintf(f, "%s{\"seq\": %d, \"epoch\": %d, \"pos_max\": %d, \"stream\": %u, \"group\": %u}", i ? ", " : "",
-                        s, seqs[s].epoch, kv->seq_pos_max(s), kv->seq_to_stream[s], group_of(s));
-                }
-                fprintf(f, "], \"layers\": [");
-                for (size_t i = 0; i < layers.size(); ++i) {
-                    fprintf(f, "%s%d", i ? ", " : "", layers[i].il);
-                }
-                fprintf(f, "]}\n");
-                fclose(f);
-            }
+            dump_pass_meta(seqs_pass);
         }
     }
     n_pass++;
@@ -1232,20 +466,7 @@ llama_elastickv::llama_elastickv(
     pimpl->ctx_id = g_ekv_n_ctx++;
     pimpl->setup(model, backends);
     pimpl->echo(model);
-    if (pimpl->stats) {
-        const auto & c = pimpl->cfg;
-        fprintf(pimpl->stats, "{\"record\": \"config\", \"policy\": \"%s\", \"fraction\": %.17g, \"cells\": %" PRId64 ", "
-            "\"recent\": %d, \"heavy_ratio\": %.17g, \"seed\": %" PRIu64 ", \"pyramid_beta\": %.17g, ",
-            ekv_policy_name_of(c.policy), c.budget.fraction, c.budget.cells, c.budget.recent, c.budget.heavy_ratio, c.budget.seed, c.budget.beta);
-        fprintf(pimpl->stats, "\"ctx\": %d, \"mode\": \"%s\", \"preset\": \"%s\", \"scale_k\": %.6g, "
-            "\"scale_v\": %.6g, \"sink\": %d, \"evict_every\": %d, \"warm\": %d, \"type_k\": \"%s\", \"type_v\": \"%s\", "
-            "\"v_trans\": %s, \"rot_k\": %s, \"rot_v\": %s, \"n_layer\": %zu, \"n_stream\": %u, \"n_group\": %u, \"stats\": \"%s\"}\n",
-            pimpl->ctx_id, ekv_mode_name(c.mode), c.preset.c_str(), c.scale_k, c.scale_v, c.sink, c.evict_every, c.warm,
-            ggml_type_name(pimpl->kv->type_k()), ggml_type_name(pimpl->kv->type_v()), pimpl->v_trans ? "true" : "false",
-            pimpl->kv->attn_rot_k ? "true" : "false", pimpl->kv->attn_rot_v ? "true" : "false",
-            pimpl->layers.size(), pimpl->n_stream, pimpl->n_group, ekv_json_escape(c.stats_path).c_str());
-        fflush(pimpl->stats);
-    }
+    pimpl->write_config_record();
 }
 
 llama_elastickv::~llama_elastickv() = default;
