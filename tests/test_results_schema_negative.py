@@ -71,7 +71,7 @@ RECORDS = {
     "routing-elastickv": rec("routing", "elastickv"),
     "routing-h2o": rec("routing", "h2o"),
     "routing-streaming": rec("routing", "streaming"),
-    "bench": lambda r: r["kind"] == "bench",
+    "bench": lambda r: r["kind"] == "bench" and "full" in next(iter(r["metrics"]["overhead"].values())),  # decode_overhead, not --cap
     "perplexity-off-capped": rec("perplexity", "off", "base"),
     "perplexity-h2o-capped": rec("perplexity", "h2o"),
 }

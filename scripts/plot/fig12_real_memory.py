@@ -22,6 +22,7 @@ from matplotlib import ticker
 COLORS = {"f16": "C0", "q8_0": "C1", "q4_0": "C2"}
 MARKERS = {"none": "o", "streaming": "s", "h2o": "^", "scissorhands": "v", "random_tokens": "x",
            "pyramidkv": "P", "elastickv": "D"}
+MIB_TICKS = [0.5, 1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000]  # real KV MiB axis (a panel may span < 1 decade)
 FLOOR = 1e-5  # KLD values at or below it are not drawn (log axis); they are the f16 no-eviction rows
 
 
@@ -73,6 +74,10 @@ def main() -> None:
                 va="top", ha="right", color="grey")
         ax.set_xscale("log")
         ax.set_yscale("log")
+        lo, hi = ax.get_xlim()
+        ax.xaxis.set_major_locator(ticker.FixedLocator([t for t in MIB_TICKS if lo <= t <= hi]))
+        ax.xaxis.set_major_formatter(ticker.FuncFormatter(lambda x, _: f"{x:g}"))
+        ax.xaxis.set_minor_formatter(ticker.NullFormatter())
         ax.set_xlabel("real KV memory (MiB, llama.cpp log)")
         ax.set_ylabel("KL divergence vs f16")
         inv = (lambda m, r=f16_mib: r / np.maximum(m, 1e-12))
