@@ -3,6 +3,7 @@
 // selects the evicted cells. See llama-elastickv-evict.h and llama-elastickv-policy.h.
 #include "llama-elastickv-evict.h"
 #include "llama-elastickv-dump.h"
+#include "llama-elastickv-internal.h"
 
 #include "llama-impl.h"
 #include "llama-batch.h"
@@ -50,17 +51,7 @@ llama_elastickv_evict::llama_elastickv_evict(
         ggml_backend_buffer_type_t buft = ggml_backend_buffer_get_type(L.k->buffer);
         size_t d = std::find(bufts.begin(), bufts.end(), buft) - bufts.begin();
         if (d == bufts.size()) {
-            ggml_backend_t backend = nullptr;
-            for (auto * b : backends) {
-                if (ggml_backend_supports_buft(b, buft)) {
-                    backend = b;
-                    break;
-                }
-            }
-            if (!backend) {
-                throw std::runtime_error(std::string("elastickv: no backend of this context can access the KV buffer type ") +
-                    ggml_backend_buft_name(buft));
-            }
+            ggml_backend_t backend = llama_elastickv_backend_for(buft, backends);
             bufts.push_back(buft);
             devs.emplace_back();
             devs.back().backend = backend;

@@ -1,11 +1,15 @@
 // SPDX-License-Identifier: MIT
 // ElasticKV: what the hook's own files share from the configuration (llama-elastickv-config.cpp) and no code
-// outside the hook uses: the failure that names a variable and what it accepts, and the policy and mode names.
+// outside the hook uses: the failure that names a variable and what it accepts, the policy and mode names, and
+// the backend a KV buffer lives on.
 #pragma once
 
 #include "llama-elastickv.h"
 
+#include "ggml-backend.h"
+
 #include <string>
+#include <vector>
 
 // Throws std::runtime_error "elastickv: NAME='VALUE' WHY; accepted: ..." with the variable's accepted values
 // from LLAMA_ELASTICKV_VARS (std::logic_error if NAME is not declared there).
@@ -16,3 +20,7 @@ const char * llama_elastickv_policy_name_of(llama_elastickv_policy p);
 
 // The ELASTICKV_MODE value of a mode.
 const char * llama_elastickv_mode_name(llama_elastickv_mode m);
+
+// The first backend of the context that can access a buffer of this type (the KV buffer of a layer: the hook's own
+// tensors go next to it). Throws std::runtime_error naming the buffer type when none can (llama-elastickv.cpp).
+ggml_backend_t llama_elastickv_backend_for(ggml_backend_buffer_type_t buft, const std::vector<ggml_backend_t> & backends);

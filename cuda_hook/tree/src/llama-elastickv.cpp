@@ -64,6 +64,16 @@ int g_ekv_n_ctx = 0; // contexts created with the hook on, for unique dump names
 // the hook
 //
 
+ggml_backend_t llama_elastickv_backend_for(ggml_backend_buffer_type_t buft, const std::vector<ggml_backend_t> & backends) {
+    for (auto * b : backends) {
+        if (ggml_backend_supports_buft(b, buft)) {
+            return b;
+        }
+    }
+    throw std::runtime_error(std::string("elastickv: no backend of this context can access the KV buffer type ") +
+        ggml_backend_buft_name(buft));
+}
+
 // finds the attention KV cache this hook works on; nullptr for memories without one
 static llama_kv_cache * ekv_find_kv(llama_memory_i * memory) {
     if (auto * kv = dynamic_cast<llama_kv_cache *>(memory)) {
@@ -168,17 +178,7 @@ void llama_elastickv::impl::setup(const llama_model & model, const std::vector<g
             }
         }
         if (dev < 0) {
-            ggml_backend_t backend = nullptr;
-            for (auto * b : backends) {
-                if (ggml_backend_supports_buft(b, buft)) {
-                    backend = b;
-                    break;
-                }
-            }
-            if (!backend) {
-                throw std::runtime_error(std::string("elastickv: no backend of this context can access the KV buffer type ") +
-                    ggml_backend_buft_name(buft));
-            }
+            ggml_backend_t backend = llama_elastickv_backend_for(buft, backends);
             device d;
             d.backend = backend;
             d.buft    = buft;
