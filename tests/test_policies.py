@@ -288,7 +288,8 @@ def test_budget_100_is_bit_identical_to_hook_off(llama, tmp_path):
     for policy in ALL:
         path, r = logits(policy, {"ELASTICKV": "1", "ELASTICKV_POLICY": policy, "ELASTICKV_BUDGET": "1.0",
                                    "ELASTICKV_VERBOSE": "1"})
-        assert f"({policy})" in r.log  # the hook ran passes with this policy
+        # the hook ran passes with this policy: "(streaming, head scope)" for token policies, "(topk_entries)"
+        assert re.search(rf"elastickv: pass \d+ seq \d+ pos_max \d+ \({policy}[,)]", r.log), r.log[-2000:]
         assert filecmp.cmp(off, path, shallow=False), f"{policy} at 100 % changed the logits"
 
 
@@ -303,12 +304,30 @@ def test_a_small_budget_changes_the_logits(llama, tmp_path):
     assert logparse.kld_stats(r.log).kld[0] > 0.01
 
 
-@pytest.mark.parametrize("policy", policies.TOKEN_POLICIES)
-def test_token_policies_refuse_flash_attention(llama, policy):
-    r = llama.perplexity(["-fa", "on"], env={"ELASTICKV": "1", "ELASTICKV_POLICY": policy, "ELASTICKV_BUDGET": "0.5"},
-                         chunks=1)
-    assert r.rc != 0
-    assert f"ELASTICKV_POLICY={policy} evicts cells with an attention bias" in r.log and "run with -fa off" in r.log
+# under flash attention a token policy runs only when its evictions free cells (the KQ mask hides a freed cell;
+# flash attention takes no per-head bias): streaming and random_tokens by default, h2o/scissorhands with
+# ELASTICKV_SCOPE=shared; per-head scopes, pyramidkv and ELASTICKV_FREE=0 are refused at context creation
+FA_CASES = [(p, {}, p in ("streaming", "random_tokens")) for p in policies.TOKEN_POLICIES] + [
+    ("h2o", {"ELASTICKV_SCOPE": "shared"}, True),
+    ("scissorhands", {"ELASTICKV_SCOPE": "shared"}, True),
+    ("streaming", {"ELASTICKV_FREE": "0"}, False),
+    ("random_tokens", {"ELASTICKV_FREE": "0"}, False),
+]
+
+
+@pytest.mark.parametrize("policy, extra, runs", FA_CASES,
+                         ids=[f"{p}-{'-'.join(f'{k[10:].lower()}{v}' for k, v in e.items()) or 'default'}"
+                              for p, e, _ in FA_CASES])
+def test_token_policies_under_flash_attention(llama, policy, extra, runs):
+    env = {"ELASTICKV": "1", "ELASTICKV_POLICY": policy, "ELASTICKV_BUDGET": "0.5", "ELASTICKV_VERBOSE": "1"} | extra
+    r = llama.perplexity(["-fa", "on"], env=env, chunks=1)
+    if runs:
+        assert r.rc == 0, r.log[-2000:]
+        assert re.search(rf"\({policy}, (head|shared) scope\): .* freed [1-9]\d* cells", r.log), r.log[-2000:]
+    else:
+        assert r.rc != 0
+        assert (f"ELASTICKV_POLICY={policy} with" in r.log and "hides cells per layer and KV head with an attention "
+                "bias, which flash attention cannot take; run with -fa off" in r.log), r.log[-2000:]
 
 
 # --------------------------------------------------------------------------------- numpy definitions

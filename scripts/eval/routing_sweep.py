@@ -98,12 +98,22 @@ def last_pass_metrics(folder: Path, policy: str, n_prompt: int, ans: list[int], 
                 "answer_cells_covered": int(len(idx)), "element_ger_max": summ["max"],
                 "element_ger_mean": summ["mean"], "answer_k_zero_fraction": zero,
                 "kept_entries_k": float((k_rows != 0).mean())}
-    found = [p for p in dump.token_passes(folder) if dump.token_manifest(folder, *p)["n"] <= n_prompt]
+    # "n_logical" (the sequence's logical length) counts the positions a freeing pass no longer holds; dumps
+    # written before cells were freed carry only "n" (= the logical length there)
+    def logical_length(key: tuple[int, int, int]) -> int:
+        m = dump.token_manifest(folder, *key)
+        return m.get("n_logical", m["n"])
+
+    found = [p for p in dump.token_passes(folder) if logical_length(p) <= n_prompt]
     if not found:
         return {"passes_before_answer": 0}
     t = dump.load_token(folder, *found[-1])
-    kept = ~t.after  # [L, H, n], cells in ascending position 0..n-1
-    idx = np.array([a for a in ans if a < len(t.pos)], dtype=np.int64)
+    # the eviction map over logical positions 0..n-1: a position the dump does not hold was freed by an earlier
+    # pass (evicted from every layer and KV head); the dump's cells are in ascending position
+    n = logical_length(found[-1])
+    kept = np.zeros(t.after.shape[:2] + (n,), dtype=bool)  # [L, H, n]
+    kept[:, :, t.pos] = ~t.after
+    idx = np.array([a for a in ans if a < n], dtype=np.int64)
     out = {"passes_before_answer": len(found), "last_pass_pos": int(t.pos.max()),
            "answer_cells_covered": int(len(idx)), "kept_cells": float(kept.mean())}
     if len(idx):
@@ -111,6 +121,7 @@ def last_pass_metrics(folder: Path, policy: str, n_prompt: int, ans: list[int], 
                 "ger_layer_max": float(np.max(routing.global_eviction_ratio(kept, idx, scope="layer"))),
                 "answer_eviction_fraction": float(routing.eviction_fraction(kept, idx))}
     if policies.policy(policy).score != "none":
+        # scores exist for the cells the pass holds; the first `sink` of them are the sinks (never freed)
         valid = routing.valid_cells(len(t.pos), cfg["sink"])
         out["head_consensus"] = float(routing.mean_head_consensus(t.score, valid))
     return out
