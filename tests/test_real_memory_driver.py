@@ -93,6 +93,16 @@ def test_tiny_sweep_frees_real_memory(tmp_rel, model_path):
     mtime = (paths.ROOT / h2o["record"]).stat().st_mtime
     assert run(args).returncode == 0
     assert (paths.ROOT / h2o["record"]).stat().st_mtime == mtime
+    # a grown grid: the aggregate made with the old config is refused without --force; with it, the finished runs
+    # are reused and only the new one runs
+    grown = [a.replace("fractions=[0.25]", "fractions=[0.5, 0.25]") for a in args]
+    r = run(grown)
+    assert r.returncode == 1 and "use --force" in r.stderr
+    r = run(grown + ["--force"])
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert (paths.ROOT / h2o["record"]).stat().st_mtime == mtime
+    rows = {e["row"] for e in json.loads((tmp_rel / "rm.json").read_text())["data"]["entries"]}
+    assert rows == {"f16-none", "f16-h2o-0.25", "f16-h2o-0.5"}
 
 
 def test_pareto_front_of_figure_12_and_table_19():

@@ -23,9 +23,10 @@ policy runs at, cache_fractions: the fractions a cache type's policy rows run at
 reference_policies); a panel may override any of them.
 
 Every run writes a record and its raw log under ``runs_dir``/<model>-c<ctx>-n<chunks>/; an interrupted sweep
-resumes (finished runs are reused, never redone; --force replaces runs made with other settings). The
-aggregate is written after every finished panel, listing the runs still pending, so a long sweep can be read
-while it runs; --collect writes it from the finished runs only, running nothing.
+resumes (finished runs are reused, never redone; --force replaces runs made with other settings and an
+aggregate written with another config). The aggregate is written after every finished panel, listing the runs
+still pending, so a long sweep can be read while it runs; --collect writes it from the finished runs only,
+running nothing.
 
 Examples:
   scripts/eval/real_memory.py
@@ -250,7 +251,12 @@ def assemble(cfg: dict, collect_only: bool, force: bool, bar: Progress | None) -
         pending = []
         done_entries = []
         for job in jobs:
-            rec = None if force else existing(job, out)
+            try:
+                rec = existing(job, out)  # a finished run is reused, also with --force
+            except ppl.RecordMismatch:
+                if not force:
+                    raise
+                rec = None  # made with other settings: --force replaces it
             if rec is None and not collect_only:
                 rec = ppl.run(job["name"], job["settings"], out, kld=job["kld"], force=force)
             if bar is not None:

@@ -8,7 +8,7 @@ flash attention off, against their own f16 base) as references.
 
 Bold: the panel's Pareto front (no row has a lower KLD at the same real memory or less, memories within 1 %
 counting as equal; Figure 12). Also, per panel, the lowest-KLD configuration with >= 4x and with >= 8x less KV memory than f16, beside q4_0
-alone (printed, and as macros \\NumTNineteen<panel>BestFour..., \\NumTNineteen<panel>Qfour...).
+alone (printed, and as macros \\NumTNineteen<model>C<ctx>N<chunks>BestFour..., ...Qfour...).
 
 Reads results/real_memory.json (scripts/eval/real_memory.py)
 -> paper/generated/tab19_real_memory.tex and numbers-tab19_real_memory.tex."""
@@ -27,7 +27,8 @@ CACHE_ORDER = ("f16", "q8_0", "q4_0")
 
 
 def panel_label(p: dict) -> str:
-    return f"{p['model']} c{p['ctx']}"
+    """Model, context and chunks: a model and context may have a wide 1-chunk panel and a narrower longer one."""
+    return f"{p['model']} c{p['ctx']} n{p['chunks']}"
 
 
 def f16_mib(panel: dict, entries: list[dict]) -> float | None:
@@ -131,7 +132,7 @@ def main() -> None:
     parts, lines = [], []
     for s in summary(agg):
         p = s["panel"]
-        key = tt.macro_name(f"TNineteen{p['model']}C{p['ctx']}")
+        key = tt.macro_name(f"TNineteen{p['model']}C{p['ctx']}N{p['chunks']}")
         q4 = s["q4_0"]
         bits = []
         if q4:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # scripts/plot (until it moves up from pending/)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import textable as tt  # noqa: E402
 
 SUBDIR = "niah_real_memory"
@@ -61,8 +61,8 @@ def main() -> None:
             key = tt.macro_name(f"TTwenty{d['model']}{row}")
             nums[key] = f"{s['correct']}/{s['total']}"
             nums[key + "Interior"] = f"{inner}/{n_inner}"
-            said.append(f"{tt.esc(row)} {inner}/{n_inner} "
-                        f"({min(saving.values()):.1f}--{max(saving.values()):.1f}$\\times$ less KV memory)")
+            lo, hi = f"{min(saving.values()):.1f}", f"{max(saving.values()):.1f}"
+            said.append(f"{tt.esc(row)} {inner}/{n_inner} ({lo if lo == hi else lo + '--' + hi}$\\times$ less KV memory)")
         parts.append(f"{tt.esc(d['model'])} (lengths {', '.join(map(str, d['lengths']))}): " + ", ".join(said))
     cfg = aggs[0]["config"]
     nums["TTwentySentence"] = (

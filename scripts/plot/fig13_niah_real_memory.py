@@ -11,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import niahplot  # noqa: E402
 import plotcommon  # noqa: E402
 from fig11_niah_policies import row_settings  # noqa: E402  (scripts/plot)
