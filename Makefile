@@ -14,7 +14,7 @@ RUN_TARGETS  := llama-perplexity
 TEST_TARGETS := llama-perplexity llama-completion llama-bench test-backend-ops
 ALL_TARGETS  := llama-perplexity llama-completion llama-bench llama-cli llama-server test-backend-ops
 
-.PHONY: help run run-full test build build-test build-upstream build-cuda model cuda-check bench cross-isa clean distclean \
+.PHONY: help run run-full test build build-test build-upstream build-cuda model cuda-check bench bench-op cross-isa clean distclean \
         figures tables paper paper-deps experiments
 
 help:
@@ -23,7 +23,8 @@ help:
 	@echo "make test       build the test targets (patched + unpatched llama.cpp) and run the test suite"
 	@echo "make build      CPU build of every tool (perplexity, completion, bench, cli, server, test-backend-ops)"
 	@echo "make build-cuda CUDA build (CUDA_ARCH=90, FA_QUANTS='f16-f16;q8_0-q8_0;q4_0-q4_0;q8_0-f16')"
-	@echo "make bench      decode-overhead benchmark (llama-bench, hook on vs off)"
+	@echo "make bench      the op's bandwidth against memcpy (bench-op), then the decode overhead (llama-bench, hook on/off)"
+	@echo "make bench-op   the op alone against a copy of the same bytes (test-backend-ops perf; a few minutes)"
 	@echo "make cross-isa  re-run the reproduction test's entry with builds for AVX-512, AVX2, SSE 4.2: its tolerances"
 	@echo "make cuda-check compile-only nvcc check of the CUDA kernel"
 	@echo "make figures    every figure of the paper from results/ (no GPU, no run): paper/figures/"
@@ -70,9 +71,13 @@ cuda-check: $(VENV)/.stamp
 	scripts/setup/build_llamacpp.sh -j $(JOBS) ggml-base
 	$(PY) scripts/setup/check_cuda_compile.py --arch $(CUDA_ARCH)
 
-bench: $(VENV)/.stamp model
+bench: bench-op $(VENV)/.stamp model
 	scripts/setup/build_llamacpp.sh -j $(JOBS) llama-bench
 	$(PY) scripts/bench/decode_overhead.py
+
+bench-op: $(VENV)/.stamp
+	scripts/setup/build_llamacpp.sh -j $(JOBS) test-backend-ops
+	$(PY) scripts/bench/op_bandwidth.py --force
 
 # the tolerance of tests/test_reproduce.py: builds for fixed instruction sets, run here (tests/tolerances.py)
 ISAS ?= avx512 avx2 sse42

@@ -149,3 +149,105 @@ def test_scale_zero_is_a_no_op(ggml_cpu):
 def test_reference_refuses_types_without_exact_zero():
     with pytest.raises(ValueError, match="q4_1"):
         ref.kv_sparsify(np.zeros((1, 20), np.uint8), "q4_1", np.zeros((0, 2), np.int32), np.zeros((1, 1, ref.NSTATE)), 0.5)
+
+
+# ------------------------------------------------------------------ edge values and determinism (issue 12)
+
+def float_cache(x: np.ndarray, type_name: str) -> np.ndarray:
+    """Raw bytes of float32 values stored as f32/f16/bf16 (bf16: truncated, as random_cache does)."""
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if type_name == "f32":
+        return x.view(np.uint8).reshape(x.shape[0], -1)
+    if type_name == "f16":
+        return x.astype(np.float16).view(np.uint8).reshape(x.shape[0], -1)
+    return (x.view(np.uint32) >> 16).astype(np.uint16).view(np.uint8).reshape(x.shape[0], -1)
+
+
+def all_processed(n_cells: int, n_group: int = 1) -> np.ndarray:
+    return np.array([(c, (c % n_group) | ref.PROCESS | ref.OBSERVE | ref.HIST) for c in range(n_cells)], np.int32)
+
+
+@pytest.mark.parametrize("trans", [False, True], ids=["rows", "trans"])
+@pytest.mark.parametrize("type_name", ["f32", "f16", "bf16"])
+def test_subnormals_are_thresholded_like_normal_values(ggml_cpu, type_name, trans):
+    """Values around the type's smallest normal, subnormals included: the CPU zeroes exactly the reference's
+    entries (no flush-to-zero anywhere in the op's path)."""
+    rng = np.random.default_rng(21)
+    tiny = {"f32": np.finfo(np.float32).tiny, "f16": float(np.finfo(np.float16).tiny),
+            "bf16": np.finfo(np.float32).tiny}[type_name]
+    n_cells, n_head, head_dim = 96, 2, 64
+    x = (rng.laplace(size=(n_cells, n_head * head_dim)) * tiny).astype(np.float32)  # ~half of them subnormal
+    raw = float_cache(x.T.copy() if trans else x, type_name)
+    decoded = ref.decode(raw, type_name)
+    assert ((decoded != 0) & (np.abs(decoded) < tiny)).mean() > 0.2, "the case must hold many subnormals"
+    cells, state = all_processed(n_cells), np.zeros((1, n_head, ref.NSTATE))
+    want = ref.kv_sparsify(raw, type_name, cells, state, 0.9, trans=trans)
+    got_raw, got_state = ggml_cpu.kv_sparsify(raw, type_name, n_cells if trans else n_head * head_dim, cells, state,
+                                              0.9, trans)
+    assert_same_pass(got_raw, got_state, want, type_name, trans, n_head)
+    assert (ref.decode(got_raw, type_name) != decoded).any()
+
+
+@pytest.mark.parametrize("type_name", ["f32", "f16", "bf16", "q8_0", "q4_0", "q5_0"])
+def test_a_value_equal_to_tau_survives(ggml_cpu, type_name):
+    """Every |x| equal (scale 1, so tau = mean|x| = |x| exactly): nothing is below tau, nothing is zeroed."""
+    n_cells, n_head, head_dim = 40, 2, 64
+    if type_name in ref.FLOAT_BYTES:
+        x = np.full((n_cells, n_head * head_dim), 0.375, np.float32)
+        x[:, ::3] *= -1
+        raw = float_cache(x, type_name)
+    else:
+        # every block: d = 0.25 and codes of one magnitude with both signs
+        nb = n_head * head_dim // ref.BLOCK
+        blocks = np.zeros((n_cells, nb, ref.QBLOCK_BYTES[type_name]), np.uint8)
+        blocks[:, :, 0:2] = np.array([0.25], np.float16).view(np.uint8)
+        if type_name == "q8_0":
+            blocks[:, :, 2:] = np.array([3, -3] * 16, np.int8).view(np.uint8)  # x = +-0.75
+        elif type_name == "q4_0":
+            blocks[:, :, 2:] = 0x79  # nibbles 9 and 7: codes +1 and -1, x = +-0.25
+        else:
+            blocks[:, :, 2:6] = 0xFF  # q5_0: high bit 1 everywhere, nibble 9: code 25, x = 9 * 0.25
+            blocks[:, :, 6:] = 0x99
+        raw = blocks.reshape(n_cells, -1)
+    values = ref.decode(raw, type_name)
+    assert len(np.unique(np.abs(values))) == 1 and values[0, 0] != 0
+    cells, state = all_processed(n_cells), np.zeros((1, n_head, ref.NSTATE))
+    want = ref.kv_sparsify(raw, type_name, cells, state, 1.0)
+    got_raw, got_state = ggml_cpu.kv_sparsify(raw, type_name, n_head * head_dim, cells, state, 1.0)
+    assert_same_pass(got_raw, got_state, want, type_name, False, n_head)
+    assert np.array_equal(got_raw, raw)
+    np.testing.assert_array_equal(got_state[0, :, ref.TAU], np.abs(values[0, 0]))
+
+
+@pytest.mark.parametrize("type_name", ["f32", "f16", "bf16"])
+def test_nan_and_inf_in_the_cache(ggml_cpu, type_name):
+    """A NaN makes its head's tau NaN: that head is left as it is; an Inf makes tau Inf: every finite value of
+    its head is zeroed, the Inf stays. The CPU follows the reference in both."""
+    rng = np.random.default_rng(5)
+    n_cells, n_head, head_dim = 64, 2, 64
+    x = rng.laplace(size=(n_cells, n_head * head_dim)).astype(np.float32)
+    x[7, 3] = np.nan            # head 0
+    x[9, head_dim + 5] = np.inf  # head 1
+    raw = float_cache(x, type_name)
+    cells, state = all_processed(n_cells), np.zeros((1, n_head, ref.NSTATE))
+    want = ref.kv_sparsify(raw, type_name, cells, state, 0.5)
+    got_raw, got_state = ggml_cpu.kv_sparsify(raw, type_name, n_head * head_dim, cells, state, 0.5)
+    assert np.array_equal(got_raw, want.raw)
+    np.testing.assert_array_equal(got_state, want.state)  # NaN where the reference has NaN
+    after = ref.decode(got_raw, type_name)
+    assert np.array_equal(after[:, :head_dim], ref.decode(raw, type_name)[:, :head_dim], equal_nan=True)
+    assert np.isinf(after[9, head_dim + 5]) and (after[:, head_dim:][np.isfinite(after[:, head_dim:])] == 0).all()
+
+
+@pytest.mark.parametrize("type_name, trans", [("f16", False), ("f16", True), ("q4_0", False), ("bf16", True)])
+def test_same_bits_for_every_thread_count(ggml_cpu, type_name, trans):
+    """Many list chunks (3000 cells, 3 groups, shuffled): the cache and the whole state are bit-identical for 1 to
+    5 threads (the sums are added in chunk order, whatever thread computed them)."""
+    case = (type_name, 3, 64, 3000, 3, trans)
+    raw, n_values, cells, state = make_inputs(17, *case)
+    runs = [ggml_cpu.kv_sparsify(raw, type_name, n_values, cells, state, 0.45, trans, n_threads=t)
+            for t in range(1, 6)]
+    for got_raw, got_state in runs[1:]:
+        assert np.array_equal(got_raw, runs[0][0])
+        assert np.array_equal(got_state.view(np.uint64), runs[0][1].view(np.uint64))
+    assert_same_pass(*runs[0], ref.kv_sparsify(raw, type_name, cells, state, 0.45, trans=trans), type_name, trans, 3)

@@ -1,72 +1,114 @@
 // SPDX-License-Identifier: MIT
 // ElasticKV: CPU kernel of GGML_OP_KV_SPARSIFY. The definition it follows is the numpy reference
-// (tests/reference/kv_sparsify.py in the ElasticKV repository); comments below name its steps.
+// (scripts/elastickv/reference.py in the ElasticKV repository); comments below name its steps.
 //
-// Threads split the work by KV head: thread ith owns heads ith, ith+nth, ... and their state slices,
-// so no barrier is needed and every sum is accumulated in the same order whatever the thread count.
+// Work split: the cell list is cut into chunks of KV_CHUNK entries and every thread takes a contiguous share of
+// the (head, chunk) tasks, in two phases separated by barriers:
+//   1. the statistic: each task sums |x| of its PROCESS cells per group into its own slot of the work buffer;
+//   2. per (group, head): the slots are added in chunk order (so S, and hence tau, is the same for every thread
+//      count), the counters are cleared and tau is set (step 3 of the reference);
+//   3. zeroing: each task zeroes |x| < tau in its PROCESS cells and counts non-zeros and block histograms into
+//      the thread's own counters (integers: their sum does not depend on the order);
+//   4. per (group, head): the threads' counters are added into the state.
+// A cell's |x| are summed in 8 double lanes (lane j takes values j, j+8, ...; the lanes are then added pairwise),
+// a fixed order that any compiler keeps without -ffast-math, so the sums are the same on every x86-64 CPU.
+// Float caches are thresholded on their stored bits: for non-negative values the order of the magnitude bits is
+// the order of the values, so |x| < tau is an integer compare against the bits of the smallest value >= tau,
+// which vectorizes and is exact (subnormals included). Values are converted with ggml's fp16/bf16 helpers.
 #include "kv-sparsify.h"
 #include "ggml-kv-sparsify.h"
 #include "ggml-cpu-impl.h"
+#include "ggml-cpu.h"
 #include "simd-mappings.h"
 #include "ggml-impl.h"
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <type_traits>
 
 namespace {
 
-constexpr int BLOCK = GGML_KV_SPARSIFY_BLOCK;
+constexpr int BLOCK    = GGML_KV_SPARSIFY_BLOCK;
+constexpr int KV_CHUNK = 256;   // list entries per statistic slot (fixed: the sum order must not depend on threads)
+constexpr int LANES    = 8;     // double accumulators per cell
+constexpr int MAX_HEAD_DIM = 1024;
+constexpr int NCOUNT   = 4 + BLOCK + 1; // N_PROC, NNZ_PROC, N_OBS, NNZ_OBS, HIST0..HIST32
+constexpr size_t KV_ALIGN = 64;         // work buffer parts start on cache lines
 
-// Where the values of one (cell, head, 32-block) live: element i is at base + i*stride.
-struct kv_block_ref {
-    char *  base;
-    size_t  stride;
-    int     len;   // 32, or less for the tail of a head whose size is not a multiple of 32
-};
+constexpr bool is_quant(ggml_type t) { return t == GGML_TYPE_Q8_0 || t == GGML_TYPE_Q4_0 || t == GGML_TYPE_Q5_0; }
 
-// Element stride in bytes: the row's own for the transposed layout, the element size otherwise (a
-// compile-time constant, so that the loops below vectorize).
-template <ggml_type T, bool TRANS>
-static inline size_t kv_stride(const kv_block_ref & r) {
-    if constexpr (TRANS) {
-        return r.stride;
-    } else if constexpr (T == GGML_TYPE_F32) {
-        return sizeof(float);
+// The smallest float t with (double) a < tau <=> a < t for every float a >= 0, so that the comparison
+// of step 4 runs in float and gives exactly the float64 comparison of the reference.
+inline float kv_tau_float(double tau) {
+    float t = (float) tau;
+    if ((double) t < tau) {
+        t = nextafterf(t, INFINITY);
+    }
+    return t;
+}
+
+// Magnitude bits T of the threshold for a float type: |x| < t <=> (bits(x) & ~sign) < T for every stored x
+// (NaN is never below; a NaN tau zeroes nothing).
+template <ggml_type T>
+inline uint32_t kv_tau_bits(float t) {
+    if (std::isnan(t) || t <= 0.0f) {
+        return 0;
+    }
+    if constexpr (T == GGML_TYPE_F32) {
+        uint32_t b;
+        memcpy(&b, &t, sizeof(b));
+        return b; // t >= +0: the bits of non-negative floats are ordered like their values (inf included)
+    } else if constexpr (T == GGML_TYPE_BF16) {
+        uint32_t b;
+        memcpy(&b, &t, sizeof(b));
+        return (b + 0xFFFFu) >> 16; // the smallest bf16 >= t
     } else {
-        return sizeof(ggml_fp16_t); // f16, bf16; unused for quantized blocks
+        // the smallest f16 >= t, searched over the ordered non-negative halves 0 .. 0x7C00 (inf)
+        uint32_t lo = 0, hi = 0x7C00;
+        while (lo < hi) {
+            const uint32_t mid = (lo + hi) / 2;
+            if (GGML_CPU_FP16_TO_FP32((ggml_fp16_t) mid) >= t) { hi = mid; } else { lo = mid + 1; }
+        }
+        return lo;
     }
 }
 
-// Dequantized (or converted) values of a block.
-template <ggml_type T, bool TRANS>
-static inline void kv_block_load(const kv_block_ref & r, float * x) {
-    const size_t stride = kv_stride<T, TRANS>(r);
-    if constexpr (T == GGML_TYPE_F32) {
-        for (int i = 0; i < r.len; ++i) { x[i] = *(const float *) (r.base + i*stride); }
-    } else if constexpr (T == GGML_TYPE_F16) {
-        for (int i = 0; i < r.len; ++i) { x[i] = GGML_CPU_FP16_TO_FP32(*(const ggml_fp16_t *) (r.base + i*stride)); }
-    } else if constexpr (T == GGML_TYPE_BF16) {
-        for (int i = 0; i < r.len; ++i) { x[i] = GGML_BF16_TO_FP32(*(const ggml_bf16_t *) (r.base + i*stride)); }
-    } else if constexpr (T == GGML_TYPE_Q8_0) {
-        // block: f16 d, int8 q[32]; x = d*q
-        const float d = GGML_CPU_FP16_TO_FP32(*(const ggml_fp16_t *) r.base);
-        const int8_t * q = (const int8_t *) (r.base + 2);
+// Sum of |x[0..n)| in LANES double lanes, added pairwise at the end.
+inline double kv_abs_sum(const float * x, int n) {
+    double acc[LANES] = {};
+    int i = 0;
+    for (; i + LANES <= n; i += LANES) {
+        for (int j = 0; j < LANES; ++j) {
+            acc[j] += (double) fabsf(x[i + j]);
+        }
+    }
+    for (int j = 0; i < n; ++i, ++j) {
+        acc[j] += (double) fabsf(x[i]);
+    }
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+// Values of one quantized 32-block, dequantized: x = d * code.
+template <ggml_type T>
+inline void kv_qblock_load(const char * blk, float * x) {
+    const float d = GGML_CPU_FP16_TO_FP32(*(const ggml_fp16_t *) blk);
+    if constexpr (T == GGML_TYPE_Q8_0) {
+        // block: f16 d, int8 q[32]
+        const int8_t * q = (const int8_t *) (blk + 2);
         for (int i = 0; i < BLOCK; ++i) { x[i] = (float) q[i] * d; }
     } else if constexpr (T == GGML_TYPE_Q4_0) {
         // block: f16 d, u8 qs[16]; element i < 16 is the low nibble of qs[i], i >= 16 the high nibble of qs[i-16]
-        const float d = GGML_CPU_FP16_TO_FP32(*(const ggml_fp16_t *) r.base);
-        const uint8_t * qs = (const uint8_t *) (r.base + 2);
+        const uint8_t * qs = (const uint8_t *) (blk + 2);
         for (int i = 0; i < BLOCK/2; ++i) {
             x[i]           = (float) ((qs[i] & 0x0F) - 8) * d;
             x[i + BLOCK/2] = (float) ((qs[i] >>   4) - 8) * d;
         }
-    } else if constexpr (T == GGML_TYPE_Q5_0) {
-        // block: f16 d, u32 qh, u8 qs[16]; code = nibble | (bit i of qh) << 4; x = d*(code - 16)
-        const float d = GGML_CPU_FP16_TO_FP32(*(const ggml_fp16_t *) r.base);
+    } else {
+        // Q5_0 block: f16 d, u32 qh, u8 qs[16]; code = nibble | (bit i of qh) << 4; x = d*(code - 16)
         uint32_t qh;
-        memcpy(&qh, r.base + 2, sizeof(qh));
-        const uint8_t * qs = (const uint8_t *) (r.base + 6);
+        memcpy(&qh, blk + 2, sizeof(qh));
+        const uint8_t * qs = (const uint8_t *) (blk + 6);
         for (int i = 0; i < BLOCK/2; ++i) {
             const int c0 = (qs[i] & 0x0F) | (((qh >> i)             & 1) << 4);
             const int c1 = (qs[i] >>   4) | (((qh >> (i + BLOCK/2)) & 1) << 4);
@@ -76,183 +118,325 @@ static inline void kv_block_load(const kv_block_ref & r, float * x) {
     }
 }
 
-// Set element i of the block to an exact zero (for quantized types: the code of 0; d is untouched).
-template <ggml_type T, bool TRANS>
-static inline void kv_block_zero(const kv_block_ref & r, int i) {
-    const size_t stride = kv_stride<T, TRANS>(r);
-    if constexpr (T == GGML_TYPE_F32) {
-        *(float *) (r.base + i*stride) = 0.0f;
-    } else if constexpr (T == GGML_TYPE_F16) {
-        *(ggml_fp16_t *) (r.base + i*stride) = 0;
-    } else if constexpr (T == GGML_TYPE_BF16) {
-        ((ggml_bf16_t *) (r.base + i*stride))->bits = 0;
-    } else if constexpr (T == GGML_TYPE_Q8_0) {
-        ((int8_t *) (r.base + 2))[i] = 0;
-    } else if constexpr (T == GGML_TYPE_Q4_0) {
-        uint8_t * q = (uint8_t *) (r.base + 2) + (i % (BLOCK/2));
-        *q = i < BLOCK/2 ? (uint8_t) ((*q & 0xF0) | 0x08) : (uint8_t) ((*q & 0x0F) | 0x80);
-    } else if constexpr (T == GGML_TYPE_Q5_0) {
-        // code 16: nibble 0, high bit 1
-        uint8_t * q = (uint8_t *) (r.base + 6) + (i % (BLOCK/2));
-        *q = i < BLOCK/2 ? (uint8_t) (*q & 0xF0) : (uint8_t) (*q & 0x0F);
-        uint32_t qh;
-        memcpy(&qh, r.base + 2, sizeof(qh));
-        qh |= 1u << i;
-        memcpy(r.base + 2, &qh, sizeof(qh));
-    }
-}
-
-// The block of (cell, head h, block b) inside tensor a; block_bytes is the type size of quantized types.
-template <ggml_type T, bool TRANS>
-static inline kv_block_ref kv_block_at(const ggml_tensor * a, size_t block_bytes, int64_t cell, int h, int b, int head_dim) {
-    const int64_t j0  = (int64_t) h*head_dim + (int64_t) b*BLOCK;       // first embedding index of the block
-    const int     len = head_dim - b*BLOCK < BLOCK ? head_dim - b*BLOCK : BLOCK;
-    kv_block_ref r;
-    r.len = len;
-    if constexpr (TRANS) {
-        r.base   = (char *) a->data + j0*a->nb[1] + cell*a->nb[0];
-        r.stride = a->nb[1];
-    } else if constexpr (T == GGML_TYPE_Q8_0 || T == GGML_TYPE_Q4_0 || T == GGML_TYPE_Q5_0) {
-        r.base   = (char *) a->data + cell*a->nb[1] + (j0/BLOCK)*block_bytes;
-        r.stride = 0;
-    } else {
-        r.base   = (char *) a->data + cell*a->nb[1] + j0*a->nb[0];
-        r.stride = a->nb[0];
-    }
-    return r;
-}
-
-// The smallest float t with (double) a < tau <=> a < t for every float a >= 0, so that the comparison
-// of step 4 runs in float and gives exactly the float64 comparison of the reference.
-static inline float kv_tau_float(double tau) {
-    float t = (float) tau;
-    if ((double) t < tau) {
-        t = nextafterf(t, INFINITY);
-    }
-    return t;
-}
-
-// One thread's share of the op: heads ith, ith+nth, ...
-template <ggml_type T, bool TRANS>
-static void kv_sparsify_heads(const ggml_compute_params * params, const ggml_tensor * a, const int32_t * list,
-                              double * st, const ggml_kv_sparsify_params & p) {
-    const size_t  block_bytes = ggml_type_size(a->type);
-    const int64_t n_cells  = TRANS ? a->ne[0] : a->ne[1];
-    const int     n_blocks = (p.head_dim + BLOCK - 1) / BLOCK;
-    auto S = [&](int g, int h) { return st + ((int64_t) g*p.n_head + h)*GGML_KV_SPARSIFY_NSTATE; };
-
+// Zeroes |x| < tau of one quantized 32-block (the code of 0; d untouched; stored zeros left as they are) and
+// returns the non-zeros after.
+template <ggml_type T>
+inline int kv_qblock_zero(char * blk, float tau) {
     float x[BLOCK];
+    kv_qblock_load<T>(blk, x);
+    bool below[BLOCK];
+    int nnz = 0;
+    for (int i = 0; i < BLOCK; ++i) {
+        const bool nz = x[i] != 0.0f;
+        below[i] = fabsf(x[i]) < tau && nz;
+        nnz += !(fabsf(x[i]) < tau) && nz;
+    }
+    if constexpr (T == GGML_TYPE_Q8_0) {
+        int8_t * q = (int8_t *) (blk + 2);
+        for (int i = 0; i < BLOCK; ++i) { q[i] = below[i] ? (int8_t) 0 : q[i]; }
+    } else if constexpr (T == GGML_TYPE_Q4_0) {
+        uint8_t * qs = (uint8_t *) (blk + 2);
+        for (int i = 0; i < BLOCK/2; ++i) {
+            const uint8_t lo = below[i]           ? 0x08 : (qs[i] & 0x0F);
+            const uint8_t hi = below[i + BLOCK/2] ? 0x80 : (qs[i] & 0xF0);
+            qs[i] = (uint8_t) (lo | hi);
+        }
+    } else {
+        // code 16: nibble 0, high bit 1
+        uint32_t qh;
+        memcpy(&qh, blk + 2, sizeof(qh));
+        uint8_t * qs = (uint8_t *) (blk + 6);
+        for (int i = 0; i < BLOCK/2; ++i) {
+            const uint8_t lo = below[i]           ? 0x00 : (qs[i] & 0x0F);
+            const uint8_t hi = below[i + BLOCK/2] ? 0x00 : (qs[i] & 0xF0);
+            qs[i] = (uint8_t) (lo | hi);
+        }
+        for (int i = 0; i < BLOCK; ++i) {
+            qh |= (uint32_t) below[i] << i;
+        }
+        memcpy(blk + 2, &qh, sizeof(qh));
+    }
+    return nnz;
+}
 
-    for (int h = params->ith; h < p.n_head; h += params->nth) {
-        // 1. clear this pass's counters
-        for (int g = 0; g < p.n_group; ++g) {
-            double * s = S(g, h);
-            for (int k = GGML_KV_SPARSIFY_N_PROC; k < GGML_KV_SPARSIFY_NSTATE; ++k) {
-                s[k] = 0.0;
+// Zeroes |x| < tau (as magnitude bits < tb) of n contiguous float values and returns the non-zeros after.
+template <ggml_type T>
+inline int kv_float_zero(char * base, int n, uint32_t tb) {
+    using bits_t = typename std::conditional<T == GGML_TYPE_F32, uint32_t, uint16_t>::type;
+    constexpr bits_t MAG = T == GGML_TYPE_F32 ? (bits_t) 0x7FFFFFFFu : (bits_t) 0x7FFF;
+    bits_t * q = (bits_t *) base;
+    int nnz = 0;
+    for (int i = 0; i < n; ++i) {
+        const uint32_t m = q[i] & MAG;
+        const bool below = m < tb;
+        q[i] = below && m != 0 ? (bits_t) 0 : q[i];
+        nnz += !below && m != 0;
+    }
+    return nnz;
+}
+
+inline float kv_float_at(ggml_type t, const char * p) {
+    switch (t) {
+        case GGML_TYPE_F32:  return *(const float *) p;
+        case GGML_TYPE_F16:  return GGML_CPU_FP16_TO_FP32(*(const ggml_fp16_t *) p);
+        default:             return GGML_BF16_TO_FP32(*(const ggml_bf16_t *) p);
+    }
+}
+
+// Shared by the phases of one op.
+struct kv_job {
+    const ggml_tensor * a;
+    const int32_t *     list;
+    double *            st;
+    ggml_kv_sparsify_params p;
+    int64_t n_cells;
+    int     n_chunk;
+    double *   part;   // [n_chunk][n_group][n_head][2]: S, N of one task
+    uint32_t * tbits;  // [n_group][n_head]: magnitude bits of tau (float types)
+    int64_t *  cnt;    // [nth][n_group][n_head][NCOUNT]
+
+    double * S(int g, int h) const { return st + ((int64_t) g*p.n_head + h)*GGML_KV_SPARSIFY_NSTATE; }
+    double * slot(int c, int g, int h) const { return part + (((int64_t) c*p.n_group + g)*p.n_head + h)*2; }
+    int64_t * count(int ith, int g, int h) const { return cnt + (((int64_t) ith*p.n_group + g)*p.n_head + h)*NCOUNT; }
+};
+
+// This thread's share of the (head, chunk) tasks: a contiguous range, heads outermost.
+template <typename F>
+inline void kv_for_tasks(const ggml_compute_params * params, const kv_job & job, F && f) {
+    const int64_t n_task = (int64_t) job.p.n_head*job.n_chunk;
+    const int64_t t0 = n_task*params->ith/params->nth;
+    const int64_t t1 = n_task*(params->ith + 1)/params->nth;
+    for (int64_t t = t0; t < t1; ++t) {
+        f((int) (t / job.n_chunk), (int) (t % job.n_chunk));
+    }
+}
+
+// Phase 1: sum and count of |x| over the PROCESS cells of chunk c, head h, per group.
+template <ggml_type T, bool TRANS>
+void kv_stat_task(const kv_job & job, int h, int c) {
+    const ggml_tensor * a = job.a;
+    const int hd = job.p.head_dim;
+    const int e0 = c*KV_CHUNK, e1 = std::min(job.p.n_list, e0 + KV_CHUNK);
+    for (int g = 0; g < job.p.n_group; ++g) {
+        job.slot(c, g, h)[0] = 0.0;
+        job.slot(c, g, h)[1] = 0.0;
+    }
+    if constexpr (TRANS) {
+        // one row per embedding index: walk the rows of the head, each over the chunk's cells
+        double acc[KV_CHUNK] = {};
+        for (int j = 0; j < hd; ++j) {
+            const char * row = (const char *) a->data + ((int64_t) h*hd + j)*a->nb[1];
+            for (int e = e0; e < e1; ++e) {
+                const int32_t cell = job.list[2*e], code = job.list[2*e + 1];
+                if (code >= 0 && (code & GGML_KV_SPARSIFY_PROCESS)) {
+                    acc[e - e0] += (double) fabsf(kv_float_at(T, row + cell*a->nb[0]));
+                }
             }
         }
-
-        // 2. statistic: sum and count of |x| over the PROCESS cells of each group
-        for (int e = 0; e < p.n_list; ++e) {
-            const int32_t cell = list[2*e + 0];
-            const int32_t code = list[2*e + 1];
+        for (int e = e0; e < e1; ++e) {
+            const int32_t code = job.list[2*e + 1];
+            if (code >= 0 && (code & GGML_KV_SPARSIFY_PROCESS)) {
+                double * s = job.slot(c, code & GGML_KV_SPARSIFY_GROUP_MASK, h);
+                s[0] += acc[e - e0];
+                s[1] += hd;
+            }
+        }
+    } else {
+        float x[MAX_HEAD_DIM];
+        const size_t head_off = is_quant(T) ? (size_t) h*(hd/BLOCK)*ggml_type_size(T) : (size_t) h*hd*ggml_type_size(T);
+        for (int e = e0; e < e1; ++e) {
+            const int32_t cell = job.list[2*e], code = job.list[2*e + 1];
             if (code < 0 || !(code & GGML_KV_SPARSIFY_PROCESS)) {
                 continue;
             }
-            GGML_ASSERT(cell >= 0 && cell < n_cells);
-            double * s = S(code & GGML_KV_SPARSIFY_GROUP_MASK, h);
-            for (int b = 0; b < n_blocks; ++b) {
-                const kv_block_ref r = kv_block_at<T, TRANS>(a, block_bytes, cell, h, b, p.head_dim);
-                kv_block_load<T, TRANS>(r, x);
-                // four double accumulators: the same sum to ~1e-16, without a serial dependency chain
-                double acc[4] = { 0.0, 0.0, 0.0, 0.0 };
-                for (int i = 0; i < r.len; ++i) {
-                    acc[i % 4] += (double) fabsf(x[i]);
+            GGML_ASSERT(cell >= 0 && cell < job.n_cells);
+            const char * src = (const char *) a->data + cell*a->nb[1] + head_off;
+            if constexpr (T == GGML_TYPE_F32) {
+                memcpy(x, src, hd*sizeof(float));
+            } else if constexpr (T == GGML_TYPE_F16) {
+                ggml_cpu_fp16_to_fp32((const ggml_fp16_t *) src, x, hd);
+            } else if constexpr (T == GGML_TYPE_BF16) {
+                ggml_cpu_bf16_to_fp32((const ggml_bf16_t *) src, x, hd);
+            } else {
+                for (int b = 0; b < hd/BLOCK; ++b) {
+                    kv_qblock_load<T>(src + b*ggml_type_size(T), x + b*BLOCK);
                 }
-                s[GGML_KV_SPARSIFY_S_PASS] += (acc[0] + acc[1]) + (acc[2] + acc[3]);
-                s[GGML_KV_SPARSIFY_N_PASS] += r.len;
+            }
+            double * s = job.slot(c, code & GGML_KV_SPARSIFY_GROUP_MASK, h);
+            s[0] += kv_abs_sum(x, hd);
+            s[1] += hd;
+        }
+    }
+}
+
+// Phase 3: zero |x| < tau in the PROCESS cells of chunk c, head h; count into this thread's counters.
+template <ggml_type T, bool TRANS>
+void kv_zero_task(const kv_job & job, int ith, int h, int c) {
+    const ggml_tensor * a = job.a;
+    const int hd = job.p.head_dim;
+    const int n_blocks = (hd + BLOCK - 1)/BLOCK;
+    const int e0 = c*KV_CHUNK, e1 = std::min(job.p.n_list, e0 + KV_CHUNK);
+    auto account = [&](int64_t * k, int32_t code, int len, int nnz, bool full_block) {
+        if (code & GGML_KV_SPARSIFY_PROCESS) { k[0] += len; k[1] += nnz; }
+        if (code & GGML_KV_SPARSIFY_OBSERVE) { k[2] += len; k[3] += nnz; }
+        if ((code & GGML_KV_SPARSIFY_HIST) && full_block) { k[4 + nnz] += 1; }
+    };
+    if constexpr (TRANS) {
+        // per (entry, block) non-zeros, filled row by row
+        static_assert(MAX_HEAD_DIM/BLOCK <= 32, "block counters");
+        uint8_t nnz[KV_CHUNK][MAX_HEAD_DIM/BLOCK];
+        memset(nnz, 0, sizeof(nnz));
+        using bits_t = typename std::conditional<T == GGML_TYPE_F32, uint32_t, uint16_t>::type;
+        constexpr bits_t MAG = T == GGML_TYPE_F32 ? (bits_t) 0x7FFFFFFFu : (bits_t) 0x7FFF;
+        for (int j = 0; j < hd; ++j) {
+            char * row = (char *) a->data + ((int64_t) h*hd + j)*a->nb[1];
+            for (int e = e0; e < e1; ++e) {
+                const int32_t cell = job.list[2*e], code = job.list[2*e + 1];
+                if (code < 0) {
+                    continue;
+                }
+                const uint32_t tb = (code & GGML_KV_SPARSIFY_PROCESS) ? job.tbits[(code & GGML_KV_SPARSIFY_GROUP_MASK)*job.p.n_head + h] : 0;
+                bits_t * q = (bits_t *) (row + cell*a->nb[0]);
+                const uint32_t m = *q & MAG;
+                const bool below = m < tb;
+                if (below && m != 0) { *q = 0; }
+                nnz[e - e0][j/BLOCK] += !below && m != 0;
             }
         }
-
-        // 3. threshold per group: full mode restarts the running statistic, incremental mode extends it
-        for (int g = 0; g < p.n_group; ++g) {
-            ggml_kv_sparsify_update_tau(S(g, h), p.scale, p.incremental);
-        }
-
-        // 4. zero |x| < tau in PROCESS cells; count non-zeros and survivors per block afterwards
-        for (int e = 0; e < p.n_list; ++e) {
-            const int32_t cell = list[2*e + 0];
-            const int32_t code = list[2*e + 1];
+        for (int e = e0; e < e1; ++e) {
+            const int32_t code = job.list[2*e + 1];
             if (code < 0) {
                 continue;
             }
-            GGML_ASSERT(cell >= 0 && cell < n_cells);
-            double * s = S(code & GGML_KV_SPARSIFY_GROUP_MASK, h);
-            const bool  process = (code & GGML_KV_SPARSIFY_PROCESS) != 0;
-            const float tau     = process ? kv_tau_float(s[GGML_KV_SPARSIFY_TAU]) : 0.0f; // 0: nothing is below
+            int64_t * k = job.count(ith, code & GGML_KV_SPARSIFY_GROUP_MASK, h);
             for (int b = 0; b < n_blocks; ++b) {
-                const kv_block_ref r = kv_block_at<T, TRANS>(a, block_bytes, cell, h, b, p.head_dim);
-                kv_block_load<T, TRANS>(r, x);
-                int nnz = 0;
-                if constexpr (!TRANS && (T == GGML_TYPE_F32 || T == GGML_TYPE_F16 || T == GGML_TYPE_BF16)) {
-                    // contiguous float row: branch-free select on the stored bits (vectorizes)
-                    using bits_t = typename std::conditional<T == GGML_TYPE_F32, uint32_t, uint16_t>::type;
-                    bits_t * q = (bits_t *) r.base;
-                    for (int i = 0; i < r.len; ++i) {
-                        const bool below = fabsf(x[i]) < tau;
-                        const bool nz    = x[i] != 0.0f;
-                        q[i] = below && nz ? (bits_t) 0 : q[i];
-                        nnz += !below && nz;
-                    }
-                } else {
-                    for (int i = 0; i < r.len; ++i) {
-                        const bool below = fabsf(x[i]) < tau;
-                        if (below && x[i] != 0.0f) {
-                            kv_block_zero<T, TRANS>(r, i); // already-zero entries are left as stored
-                        }
-                        nnz += !below && x[i] != 0.0f;
-                    }
+                const int len = std::min(BLOCK, hd - b*BLOCK);
+                account(k, code, len, nnz[e - e0][b], len == BLOCK);
+            }
+        }
+    } else {
+        const size_t bsz = is_quant(T) ? ggml_type_size(T) : BLOCK*ggml_type_size(T); // bytes of a 32-block
+        const size_t head_off = is_quant(T) ? (size_t) h*(hd/BLOCK)*ggml_type_size(T) : (size_t) h*hd*ggml_type_size(T);
+        for (int e = e0; e < e1; ++e) {
+            const int32_t cell = job.list[2*e], code = job.list[2*e + 1];
+            if (code < 0) {
+                continue;
+            }
+            GGML_ASSERT(cell >= 0 && cell < job.n_cells);
+            const int g = code & GGML_KV_SPARSIFY_GROUP_MASK;
+            const bool process = (code & GGML_KV_SPARSIFY_PROCESS) != 0;
+            char * base = (char *) a->data + cell*a->nb[1] + head_off;
+            int64_t * k = job.count(ith, g, h);
+            if constexpr (is_quant(T)) {
+                const float tau = process ? kv_tau_float(job.S(g, h)[GGML_KV_SPARSIFY_TAU]) : 0.0f; // 0: nothing below
+                for (int b = 0; b < n_blocks; ++b) {
+                    account(k, code, BLOCK, kv_qblock_zero<T>(base + b*bsz, tau), true);
                 }
-                if (process) {
-                    s[GGML_KV_SPARSIFY_N_PROC]   += r.len;
-                    s[GGML_KV_SPARSIFY_NNZ_PROC] += nnz;
-                }
-                if (code & GGML_KV_SPARSIFY_OBSERVE) {
-                    s[GGML_KV_SPARSIFY_N_OBS]   += r.len;
-                    s[GGML_KV_SPARSIFY_NNZ_OBS] += nnz;
-                }
-                if ((code & GGML_KV_SPARSIFY_HIST) && r.len == BLOCK) {
-                    s[GGML_KV_SPARSIFY_HIST0 + nnz] += 1.0;
+            } else {
+                const uint32_t tb = process ? job.tbits[g*job.p.n_head + h] : 0;
+                for (int b = 0; b < n_blocks; ++b) {
+                    const int len = std::min(BLOCK, hd - b*BLOCK);
+                    account(k, code, len, kv_float_zero<T>(base + b*bsz, len, tb), len == BLOCK);
                 }
             }
         }
     }
+}
+
+template <ggml_type T, bool TRANS>
+void kv_sparsify_run(const ggml_compute_params * params, const kv_job & job) {
+    const int ith = params->ith, nth = params->nth;
+    const int n_gh = job.p.n_group*job.p.n_head;
+
+    kv_for_tasks(params, job, [&](int h, int c) { kv_stat_task<T, TRANS>(job, h, c); });
+    for (int i = 0; i < n_gh*NCOUNT; ++i) {
+        job.cnt[(int64_t) ith*n_gh*NCOUNT + i] = 0;
+    }
+    ggml_barrier(params->threadpool);
+
+    // 2. per (group, head): this pass's sum in chunk order, cleared counters, tau
+    for (int gh = ith; gh < n_gh; gh += nth) {
+        const int g = gh / job.p.n_head, h = gh % job.p.n_head;
+        double * s = job.S(g, h);
+        for (int k = GGML_KV_SPARSIFY_N_PROC; k < GGML_KV_SPARSIFY_NSTATE; ++k) {
+            s[k] = 0.0;
+        }
+        for (int c = 0; c < job.n_chunk; ++c) {
+            s[GGML_KV_SPARSIFY_S_PASS] += job.slot(c, g, h)[0];
+            s[GGML_KV_SPARSIFY_N_PASS] += job.slot(c, g, h)[1];
+        }
+        ggml_kv_sparsify_update_tau(s, job.p.scale, job.p.incremental);
+        if constexpr (!is_quant(T)) {
+            job.tbits[gh] = kv_tau_bits<T>(kv_tau_float(s[GGML_KV_SPARSIFY_TAU]));
+        }
+    }
+    ggml_barrier(params->threadpool);
+
+    kv_for_tasks(params, job, [&](int h, int c) { kv_zero_task<T, TRANS>(job, ith, h, c); });
+    ggml_barrier(params->threadpool);
+
+    // 4. per (group, head): the threads' counters into the state
+    for (int gh = ith; gh < n_gh; gh += nth) {
+        double * s = job.S(gh / job.p.n_head, gh % job.p.n_head);
+        for (int t = 0; t < nth; ++t) {
+            const int64_t * k = job.cnt + ((int64_t) t*n_gh + gh)*NCOUNT;
+            s[GGML_KV_SPARSIFY_N_PROC]   += (double) k[0];
+            s[GGML_KV_SPARSIFY_NNZ_PROC] += (double) k[1];
+            s[GGML_KV_SPARSIFY_N_OBS]    += (double) k[2];
+            s[GGML_KV_SPARSIFY_NNZ_OBS]  += (double) k[3];
+            for (int b = 0; b <= BLOCK; ++b) {
+                s[GGML_KV_SPARSIFY_HIST0 + b] += (double) k[4 + b];
+            }
+        }
+    }
+}
+
+size_t kv_work_size(int n_list, int n_group, int n_head, int n_threads) {
+    const int64_t n_chunk = ((int64_t) n_list + KV_CHUNK - 1)/KV_CHUNK;
+    return sizeof(double)*n_chunk*n_group*n_head*2 + sizeof(uint32_t)*(size_t) n_group*n_head
+         + sizeof(int64_t)*(size_t) n_threads*n_group*n_head*NCOUNT + 3*KV_ALIGN;
 }
 
 } // namespace
 
+size_t ggml_kv_sparsify_cpu_work_size(const ggml_tensor * dst, int n_threads) {
+    const ggml_tensor * state = dst->src[2];
+    return kv_work_size((int) dst->src[1]->ne[1], (int) state->ne[2], (int) state->ne[1], n_threads);
+}
+
 // ggml_compute_forward_kv_sparsify
 
 void ggml_compute_forward_kv_sparsify(const ggml_compute_params * params, ggml_tensor * dst) {
-    const ggml_tensor * a     = dst->src[0];
-    const int32_t *     list  = (const int32_t *) dst->src[1]->data;
-    double *            st    = (double *) dst->src[2]->data;
-    const ggml_kv_sparsify_params p = ggml_kv_sparsify_get_params(dst);
+    kv_job job;
+    job.a       = dst->src[0];
+    job.list    = (const int32_t *) dst->src[1]->data;
+    job.st      = (double *) dst->src[2]->data;
+    job.p       = ggml_kv_sparsify_get_params(dst);
+    job.n_cells = job.p.trans ? job.a->ne[0] : job.a->ne[1];
+    job.n_chunk = (job.p.n_list + KV_CHUNK - 1)/KV_CHUNK;
+    GGML_ASSERT(job.p.head_dim <= MAX_HEAD_DIM);
+    GGML_ASSERT(params->wsize >= kv_work_size(job.p.n_list, job.p.n_group, job.p.n_head, params->nth));
+
+    // the work buffer, cache-line aligned parts
+    auto align = [](char * p) { return (char *) GGML_PAD((uintptr_t) p, KV_ALIGN); };
+    char * w = align((char *) params->wdata);
+    job.part  = (double *) w;
+    w = align(w + sizeof(double)*(size_t) job.n_chunk*job.p.n_group*job.p.n_head*2);
+    job.tbits = (uint32_t *) w;
+    w = align(w + sizeof(uint32_t)*(size_t) job.p.n_group*job.p.n_head);
+    job.cnt   = (int64_t *) w;
 
     // the transposed layout exists only for float types (a quantized V cache needs flash attention)
-    switch (a->type) {
+    switch (job.a->type) {
         case GGML_TYPE_F32:
-            p.trans ? kv_sparsify_heads<GGML_TYPE_F32,  true>(params, a, list, st, p)
-                    : kv_sparsify_heads<GGML_TYPE_F32,  false>(params, a, list, st, p); break;
+            job.p.trans ? kv_sparsify_run<GGML_TYPE_F32,  true>(params, job) : kv_sparsify_run<GGML_TYPE_F32,  false>(params, job); break;
         case GGML_TYPE_F16:
-            p.trans ? kv_sparsify_heads<GGML_TYPE_F16,  true>(params, a, list, st, p)
-                    : kv_sparsify_heads<GGML_TYPE_F16,  false>(params, a, list, st, p); break;
+            job.p.trans ? kv_sparsify_run<GGML_TYPE_F16,  true>(params, job) : kv_sparsify_run<GGML_TYPE_F16,  false>(params, job); break;
         case GGML_TYPE_BF16:
-            p.trans ? kv_sparsify_heads<GGML_TYPE_BF16, true>(params, a, list, st, p)
-                    : kv_sparsify_heads<GGML_TYPE_BF16, false>(params, a, list, st, p); break;
-        case GGML_TYPE_Q8_0: kv_sparsify_heads<GGML_TYPE_Q8_0, false>(params, a, list, st, p); break;
-        case GGML_TYPE_Q4_0: kv_sparsify_heads<GGML_TYPE_Q4_0, false>(params, a, list, st, p); break;
-        case GGML_TYPE_Q5_0: kv_sparsify_heads<GGML_TYPE_Q5_0, false>(params, a, list, st, p); break;
-        default: GGML_ABORT("kv_sparsify: unsupported type %s", ggml_type_name(a->type));
+            job.p.trans ? kv_sparsify_run<GGML_TYPE_BF16, true>(params, job) : kv_sparsify_run<GGML_TYPE_BF16, false>(params, job); break;
+        case GGML_TYPE_Q8_0: kv_sparsify_run<GGML_TYPE_Q8_0, false>(params, job); break;
+        case GGML_TYPE_Q4_0: kv_sparsify_run<GGML_TYPE_Q4_0, false>(params, job); break;
+        case GGML_TYPE_Q5_0: kv_sparsify_run<GGML_TYPE_Q5_0, false>(params, job); break;
+        default: GGML_ABORT("kv_sparsify: unsupported type %s", ggml_type_name(job.a->type));
     }
 }
