@@ -9,7 +9,6 @@ Reads results/niah_policies/<model>.json (scripts/eval/f5_niah.py --config table
 -> paper/generated/tab18_niah_policies.tex and numbers-tab18_niah_policies.tex (\\NumTEighteenSentence, ...)."""
 
 import argparse
-import json
 import sys
 
 import numpy as np
@@ -26,11 +25,7 @@ def kept_at_answer(cells: list[dict]) -> float | None:
 
 
 def main() -> None:
-    files = sorted((tt.ROOT / "results" / SUBDIR).glob("*.json"))
-    aggs = [a for a in (json.loads(p.read_text()) for p in files) if a.get("kind") == "aggregate"]
-    if not aggs:
-        raise tt.MissingResult(f"results/{SUBDIR}/<model>.json is missing; run scripts/eval/f5_niah.py "
-                               "--config table18_niah_policies")
+    aggs = tt.niah_aggregates(SUBDIR, "scripts/eval/f5_niah.py --config table18_niah_policies")
     lengths = sorted({L for a in aggs for L in a["data"]["lengths"]})
     rows, rules, parts, nums = [], set(), [], {}
     for a in aggs:

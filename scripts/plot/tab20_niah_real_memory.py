@@ -32,11 +32,7 @@ def kv_mib(cells: list[dict]) -> dict[int, float]:
 
 
 def main() -> None:
-    files = sorted((tt.ROOT / "results" / SUBDIR).glob("*.json"))
-    aggs = [a for a in (json.loads(p.read_text()) for p in files) if a.get("kind") == "aggregate"]
-    if not aggs:
-        raise tt.MissingResult(f"results/{SUBDIR}/<model>.json is missing; run scripts/eval/f5_niah.py "
-                               "--config table20_niah_real_memory")
+    aggs = tt.niah_aggregates(SUBDIR, "scripts/eval/f5_niah.py --config table20_niah_real_memory")
     lengths = sorted({L for a in aggs for L in a["data"]["lengths"]})
     rows, rules, parts, nums = [], set(), [], {}
     for a in aggs:

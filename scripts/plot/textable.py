@@ -8,6 +8,7 @@ every number in the paper's text is a macro whose value comes from a result file
 
 from __future__ import annotations
 
+import json
 import math
 import re
 from pathlib import Path
@@ -97,3 +98,13 @@ def ppl_caption_facts(agg: dict) -> dict[str, str]:
     cfg = agg["config"]
     return {"evict": str(cfg["evict_every"]), "device": esc(agg["device"]["gpu"] or agg["device"]["cpu"]),
             "commit": esc(agg["git"]["commit"][:10]), "upstream": esc(agg["upstream"]["commit"])}
+
+
+def niah_aggregates(subdir: str, run: str) -> list[dict]:
+    """The needle-in-a-haystack grids in results/<subdir>/ (one per model, file order); ``run`` is the command
+    that makes them, named in the error when there is none."""
+    files = sorted((ROOT / "results" / subdir).glob("*.json"))
+    aggs = [a for a in (json.loads(p.read_text()) for p in files) if a.get("kind") == "aggregate"]
+    if not aggs:
+        raise MissingResult(f"results/{subdir}/<model>.json is missing; run {run}")
+    return aggs
