@@ -16,6 +16,8 @@
 #                       in <tree>/build-cpu-NAME: avx512 (AVX-512 F/BW/DQ/VL with AVX2, FMA, F16C), avx2 (AVX2, FMA,
 #                       F16C, BMI2: e.g. AMD EPYC Zen 2/3), avx (AVX only), sse42 (SSE 4.2 only). The arithmetic of
 #                       other CPUs, run here (scripts/bench/cross_isa.py); runs only on a CPU that has the set
+#   --debug             CMAKE_BUILD_TYPE=Debug (asserts on, -O0) in <tree>/build-<variant>-debug, e.g. build-cpu-debug;
+#                       tests and scripts use it with EKV_BUILD_VARIANT=cpu-debug (make test-debug)
 #   -j N                parallel jobs (default: number of cores)
 # Targets default to: llama-perplexity llama-completion llama-bench llama-cli llama-server test-backend-ops
 # Only what is missing or out of date is rebuilt. LLAMA_CMAKE_FLAGS (environment, or `make ... LLAMA_CMAKE_FLAGS=`)
@@ -26,6 +28,7 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 die() { echo "build_llamacpp: $*" >&2; exit 1; }
 
 TREE=""
+BUILD_TYPE=Release
 MANAGED=0
 UPSTREAM=0
 VARIANT=cpu
@@ -43,6 +46,7 @@ while [ $# -gt 0 ]; do
         --cuda-arch) CUDA_ARCH=${2:?--cuda-arch needs a value, e.g. 90}; shift 2 ;;
         --fa-quants) FA_QUANTS=${2:?--fa-quants needs K-V pairs, e.g. f16-f16}; shift 2 ;;
         --isa) ISA=${2:?--isa needs a name: avx512, avx2, avx or sse42}; shift 2 ;;
+        --debug) BUILD_TYPE=Debug; shift ;;
         -j) JOBS=${2:?-j needs a number}; shift 2 ;;
         -*) die "unknown option $1 (see --help)" ;;
         *) TARGETS+=("$1"); shift ;;
@@ -81,7 +85,7 @@ if [ "$UPSTREAM" = 0 ] && ! "$ROOT/cuda_hook/patch_llamacpp.sh" "$TREE"; then
     "$ROOT/cuda_hook/patch_llamacpp.sh" "$TREE" || die "the hook's edits do not fit a fresh tree from the sdist"
 fi
 
-FLAGS=(-G Ninja -DCMAKE_BUILD_TYPE=Release
+FLAGS=(-G Ninja "-DCMAKE_BUILD_TYPE=$BUILD_TYPE"
        -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_APP=OFF
        -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF)
 if [ -n "$ISA" ]; then
@@ -107,6 +111,7 @@ if [ -n "${LLAMA_CMAKE_FLAGS:-}" ]; then
     read -r -a EXTRA <<< "$LLAMA_CMAKE_FLAGS"
     FLAGS+=("${EXTRA[@]}")
 fi
+[ "$BUILD_TYPE" = Debug ] && VARIANT="$VARIANT-debug"
 BUILD="$TREE/build-$VARIANT"
 command -v ninja >/dev/null || die "ninja is required (Debian: apt-get install ninja-build; or pip install ninja)"
 
