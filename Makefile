@@ -15,7 +15,7 @@ TEST_TARGETS := llama-perplexity llama-completion llama-bench test-backend-ops
 ALL_TARGETS  := llama-perplexity llama-completion llama-bench llama-cli llama-server test-backend-ops
 
 .PHONY: help run run-full test test-debug build build-test build-upstream build-cuda model cuda-check bench bench-op cross-isa clean distclean \
-        figures tables paper paper-deps experiments
+        figures tables paper paper-deps experiments gpu-pack
 
 help:
 	@echo "make run        build what is missing, fetch the default model, print the baseline/sweet/aggressive"
@@ -28,6 +28,7 @@ help:
 	@echo "make bench-op   the op alone against a copy of the same bytes (test-backend-ops perf; a few minutes)"
 	@echo "make cross-isa  re-run the reproduction test's entry with builds for AVX-512, AVX2, SSE 4.2: its tolerances"
 	@echo "make cuda-check compile-only nvcc check of the CUDA kernel"
+	@echo "make gpu-pack   what the standing GPU check carries (build/gpu-pack) and the run call (scripts/gpu/verify.sh)"
 	@echo "make figures    every figure of the paper from results/ (no GPU, no run): paper/figures/"
 	@echo "make paper      figures + generated tables + the PDF (paper/build/elastickv.pdf); installs TeX if missing"
 	@echo "make experiments  re-run every experiment of the paper on this machine (hours on 2 CPU cores)"
@@ -77,6 +78,10 @@ test-debug: $(VENV)/.stamp model
 cuda-check: $(VENV)/.stamp
 	scripts/setup/build_llamacpp.sh -j $(JOBS) ggml-base
 	$(PY) scripts/setup/check_cuda_compile.py --arch $(CUDA_ARCH)
+
+# the standing GPU check: the packed tree and wheels in build/gpu-pack, then `bash scripts/gpu/verify.sh` there
+gpu-pack: $(VENV)/.stamp
+	$(PY) scripts/gpu/pack.py
 
 bench: bench-op $(VENV)/.stamp model
 	scripts/setup/build_llamacpp.sh -j $(JOBS) llama-bench
@@ -143,7 +148,7 @@ experiments: $(VENV)/.stamp
 	$(PY) scripts/eval/f5_niah.py --config table20_niah_real_memory
 
 clean:
-	rm -rf build/run build/cache build/cuda-check reports paper/build paper/generated
+	rm -rf build/run build/cache build/cuda-check build/gpu-pack build/gpu-work build/gpu-dry reports paper/build paper/generated
 
 distclean: clean
 	rm -rf build models $(VENV)

@@ -8,6 +8,8 @@
 #   --tree DIR          llama.cpp tree to build (default: build/llama.cpp, fetched from PyPI if missing;
 #                       a tree of your own is patched in place and refused if the patch does not fit)
 #   --upstream          build the unpatched tree build/upstream/llama.cpp (no patch applied)
+#   --no-patch          with --tree: build the tree as it is, patched elsewhere (the GPU pack of scripts/gpu/pack.py,
+#                       built where GNU patch may be missing); the hook's edits are not checked
 #   --cuda              CUDA build in <tree>/build-cuda (needs nvcc; a GPU only to run it)
 #   --cuda-arch ARCHS   CMAKE_CUDA_ARCHITECTURES for --cuda (default: 90)
 #   --fa-quants PAIRS   GGML_CUDA_FA_QUANTS for --cuda: the flash-attention K-V type pairs to compile
@@ -31,6 +33,7 @@ TREE=""
 BUILD_TYPE=Release
 MANAGED=0
 UPSTREAM=0
+NO_PATCH=0
 VARIANT=cpu
 ISA=""
 CUDA_ARCH=90
@@ -42,6 +45,7 @@ while [ $# -gt 0 ]; do
         -h|--help) sed -n '3,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         --tree) TREE=${2:?--tree needs a directory}; shift 2 ;;
         --upstream) UPSTREAM=1; shift ;;
+        --no-patch) NO_PATCH=1; shift ;;
         --cuda) VARIANT=cuda; shift ;;
         --cuda-arch) CUDA_ARCH=${2:?--cuda-arch needs a value, e.g. 90}; shift 2 ;;
         --fa-quants) FA_QUANTS=${2:?--fa-quants needs K-V pairs, e.g. f16-f16}; shift 2 ;;
@@ -54,6 +58,9 @@ while [ $# -gt 0 ]; do
 done
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(llama-perplexity llama-completion llama-bench llama-cli llama-server test-backend-ops)
 command -v cmake >/dev/null || die "cmake is required"
+if [ "$NO_PATCH" = 1 ] && { [ -z "$TREE" ] || [ "$UPSTREAM" = 1 ]; }; then
+    die "--no-patch is for a tree of your own (--tree)"
+fi
 
 if [ "$UPSTREAM" = 1 ]; then
     [ -z "$TREE" ] || die "--upstream and --tree exclude each other"
@@ -65,7 +72,7 @@ elif [ -z "$TREE" ]; then
     [ -d "$TREE" ] || python3 "$ROOT/scripts/setup/fetch_llamacpp.py" --only patched
 fi
 [ -d "$TREE" ] || die "no llama.cpp tree at $TREE"
-if [ "$UPSTREAM" = 0 ] && ! "$ROOT/cuda_hook/patch_llamacpp.sh" "$TREE"; then
+if [ "$UPSTREAM" = 0 ] && [ "$NO_PATCH" = 0 ] && ! "$ROOT/cuda_hook/patch_llamacpp.sh" "$TREE"; then
     # the project's own tree was patched by an earlier version of the hook's upstream edits: it is re-extracted
     # from the sdist (build/downloads) and patched again; its build folders are kept, so only what the new edits
     # touch is rebuilt (the sdist's files keep their timestamps). A tree of your own (--tree) is never replaced.
