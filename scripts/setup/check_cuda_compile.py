@@ -43,14 +43,20 @@ def cublas_headers() -> Path:
     return dest
 
 
-def compile_kernel(arch: str = "90", tree: Path = paths.LLAMA_SRC) -> subprocess.CompletedProcess:
-    """Runs nvcc on the kernel's translation unit; returns the finished process (output in stdout)."""
+def _nvcc_and(source: Path) -> str:
+    """nvcc's path, once nvcc and a source file of the patched tree are there (FileNotFoundError otherwise)."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         raise FileNotFoundError("nvcc is not on PATH (install the CUDA toolkit)")
+    if not source.exists():
+        raise FileNotFoundError(f"{paths.relative(source)} is missing: patch the tree first (make build)")
+    return nvcc
+
+
+def compile_kernel(arch: str = "90", tree: Path = paths.LLAMA_SRC) -> subprocess.CompletedProcess:
+    """Runs nvcc on the kernel's translation unit; returns the finished process (output in stdout)."""
     src = tree / "ggml" / "src" / "ggml-cuda" / "kv-sparsify.cu"
-    if not src.exists():
-        raise FileNotFoundError(f"{paths.relative(src)} is missing: patch the tree first (make build)")
+    nvcc = _nvcc_and(src)
     OUT.mkdir(parents=True, exist_ok=True)
     # -use_fast_math as ggml-cuda's CMakeLists builds it (flush-to-zero: the kernel must not depend on it)
     cmd = [nvcc, "-std=c++17", f"-arch=sm_{arch}", "-use_fast_math", "-c", str(src), "-o", str(OUT / f"kv-sparsify.sm_{arch}.o"),
@@ -64,12 +70,8 @@ def build_host_lib(tree: Path = paths.LLAMA_SRC) -> Path:
     """Builds tests/cuda/kv_sparsify_host.cu with nvcc into a shared library: the CUDA kernels' per-thread logic
     (ggml-cuda/kv-sparsify-thread.cuh of the patched tree) run on the host. Rebuilt when a source is newer.
     Raises FileNotFoundError (no nvcc, unpatched tree) or RuntimeError (nvcc failed, with its output)."""
-    nvcc = shutil.which("nvcc")
-    if nvcc is None:
-        raise FileNotFoundError("nvcc is not on PATH (install the CUDA toolkit)")
     header = tree / "ggml" / "src" / "ggml-cuda" / "kv-sparsify-thread.cuh"
-    if not header.exists():
-        raise FileNotFoundError(f"{paths.relative(header)} is missing: patch the tree first (make build)")
+    nvcc = _nvcc_and(header)
     src = paths.ROOT / "tests" / "cuda" / "kv_sparsify_host.cu"
     lib = OUT / "libkvs_host.so"
     deps = [src, header, tree / "ggml" / "include" / "ggml-kv-sparsify.h"]
