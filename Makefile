@@ -14,19 +14,21 @@ RUN_TARGETS  := llama-perplexity
 TEST_TARGETS := llama-perplexity llama-completion llama-bench test-backend-ops
 ALL_TARGETS  := llama-perplexity llama-completion llama-bench llama-cli llama-server test-backend-ops
 
-.PHONY: help run run-full test build build-test build-upstream build-cuda model cuda-check bench bench-op cross-isa clean distclean \
-        figures tables paper paper-deps experiments
+.PHONY: help run run-full test test-debug build build-test build-upstream build-cuda model cuda-check bench bench-op cross-isa clean distclean \
+        figures tables paper paper-deps experiments gpu-pack
 
 help:
 	@echo "make run        build what is missing, fetch the default model, print the baseline/sweet/aggressive"
 	@echo "                table with the q8_0 and q4_0 anchors on WikiText-2 (CHUNKS=$(CHUNKS); run-full: all)"
 	@echo "make test       build the test targets (patched + unpatched llama.cpp) and run the test suite"
+	@echo "make test-debug Debug CPU build (asserts on, -O0) and the hook's and op's tests on it (DEBUG_TESTS)"
 	@echo "make build      CPU build of every tool (perplexity, completion, bench, cli, server, test-backend-ops)"
 	@echo "make build-cuda CUDA build (CUDA_ARCH=90, FA_QUANTS='f16-f16;q8_0-q8_0;q4_0-q4_0;q8_0-f16')"
 	@echo "make bench      the op's bandwidth against memcpy (bench-op), then the decode overhead (llama-bench, hook on/off)"
 	@echo "make bench-op   the op alone against a copy of the same bytes (test-backend-ops perf; a few minutes)"
 	@echo "make cross-isa  re-run the reproduction test's entry with builds for AVX-512, AVX2, SSE 4.2: its tolerances"
 	@echo "make cuda-check compile-only nvcc check of the CUDA kernel"
+	@echo "make gpu-pack   what the standing GPU check carries (build/gpu-pack) and the run call (scripts/gpu/verify.sh)"
 	@echo "make figures    every figure of the paper from results/ (no GPU, no run): paper/figures/"
 	@echo "make paper      figures + generated tables + the PDF (paper/build/elastickv.pdf); installs TeX if missing"
 	@echo "make experiments  re-run every experiment of the paper on this machine (hours on 2 CPU cores)"
@@ -67,9 +69,19 @@ run-full: $(VENV)/.stamp
 test: build-test model
 	$(PY) -m pytest $(TEST_ARGS)
 
+# the Debug build runs the op's tests and the hook's end-to-end tests (slow at -O0: a subset by default)
+DEBUG_TESTS ?= tests/test_op_reference.py tests/test_cuda_host.py tests/test_hook_sparsity.py tests/test_hook_errors.py
+test-debug: $(VENV)/.stamp model
+	scripts/setup/build_llamacpp.sh --debug -j $(JOBS) llama-perplexity llama-completion
+	EKV_BUILD_VARIANT=cpu-debug $(PY) -m pytest $(DEBUG_TESTS) $(TEST_ARGS)
+
 cuda-check: $(VENV)/.stamp
 	scripts/setup/build_llamacpp.sh -j $(JOBS) ggml-base
 	$(PY) scripts/setup/check_cuda_compile.py --arch $(CUDA_ARCH)
+
+# the standing GPU check: the packed tree and wheels in build/gpu-pack, then `bash scripts/gpu/verify.sh` there
+gpu-pack: $(VENV)/.stamp
+	$(PY) scripts/gpu/pack.py
 
 bench: bench-op $(VENV)/.stamp model
 	scripts/setup/build_llamacpp.sh -j $(JOBS) llama-bench
@@ -136,7 +148,7 @@ experiments: $(VENV)/.stamp
 	$(PY) scripts/eval/f5_niah.py --config table20_niah_real_memory
 
 clean:
-	rm -rf build/run build/cache build/cuda-check reports paper/build paper/generated
+	rm -rf build/run build/cache build/cuda-check build/gpu-pack build/gpu-work build/gpu-dry reports paper/build paper/generated
 
 distclean: clean
 	rm -rf build models $(VENV)

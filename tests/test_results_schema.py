@@ -21,6 +21,8 @@ ALL_JSON = sorted(paths.RESULTS.rglob("*.json"))
 INTERMEDIATE = {
     "quickstart/*/table.json": schema.QUICKSTART_TABLE,
     "throughput/runs/*.json": schema.THROUGHPUT_RUN,
+    "gpu/*/summary.json": schema.GPU_SUMMARY,
+    "gpu/*/hook_agreement.json": schema.GPU_HOOK_AGREEMENT,
 }
 
 
@@ -50,6 +52,11 @@ def recorded_paths(obj: dict, kind: str) -> list[str]:
         return [*obj["sources"], obj["config"]["config_file"]]
     if kind == "throughput/runs/*.json":
         return [obj["log"], obj["command"][0]]
+    if kind == "gpu/*/summary.json":
+        return obj["files"] + [s["log"] for s in obj["steps"] if s["log"]]
+    if kind == "gpu/*/hook_agreement.json":
+        return [obj["settings"]["model"], obj["settings"]["text"]] + [p[side]["log"] for p in obj["pairs"]
+                                                                       for side in ("gpu", "cpu")]
     return [r["record"] for r in obj["rows"]] + [obj["meta"]["data"]]
 
 

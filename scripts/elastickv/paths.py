@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -24,12 +25,13 @@ WIKITEXT_TEST = DATA / "wikitext-2-raw" / "wiki.test.raw"
 WIKITEXT_VALID = DATA / "wikitext-2-raw" / "wiki.valid.raw"
 
 
-def build_dir(tree: Path = LLAMA_SRC, variant: str = "cpu") -> Path:
-    """CMake build folder of a tree: ``build-cpu`` or ``build-cuda``."""
-    return tree / f"build-{variant}"
+def build_dir(tree: Path = LLAMA_SRC, variant: str | None = None) -> Path:
+    """CMake build folder of a tree: ``build-cpu`` or ``build-cuda``. The default variant is ``cpu``, or the
+    environment's EKV_BUILD_VARIANT (e.g. ``cpu-debug`` for the Debug build of make test-debug)."""
+    return tree / f"build-{variant or os.environ.get('EKV_BUILD_VARIANT') or 'cpu'}"
 
 
-def binary(name: str, tree: Path = LLAMA_SRC, variant: str = "cpu") -> Path:
+def binary(name: str, tree: Path = LLAMA_SRC, variant: str | None = None) -> Path:
     """A llama.cpp executable of a build, e.g. ``binary("llama-perplexity")``."""
     return build_dir(tree, variant) / "bin" / name
 

@@ -85,9 +85,16 @@ def validate(record: dict) -> None:
 
 
 def record(kind: str, name: str, started: str, command: list[str], env: dict, elastickv: dict, settings: dict,
-           variant: str, binary: str, model_name: str, data: Path | None, metrics: dict, log: Path) -> dict:
-    """A run record with its provenance filled in (see results/SCHEMA.md), validated against the schema."""
-    _, model = models.entry(model_name)
+           variant: str, binary: str, model_name: str, data: Path | None, metrics: dict, log: Path,
+           model_file: Path | None = None) -> dict:
+    """A run record with its provenance filled in (see results/SCHEMA.md), validated against the schema.
+    ``model_file``: a model outside configs/models.yaml (e.g. the random-weights model of the GPU check), recorded
+    under ``model_name`` with its own sha256."""
+    if model_file is not None:
+        model_rec = {"name": model_name, "file": paths.relative(model_file), "sha256": pypi.sha256_of(model_file)}
+    else:
+        _, model = models.entry(model_name)
+        model_rec = {"name": model_name, "file": paths.relative(paths.MODELS / model["file"]), "sha256": model["sha256"]}
     rec = {
         "schema_version": 1,
         "kind": kind,
@@ -101,7 +108,7 @@ def record(kind: str, name: str, started: str, command: list[str], env: dict, el
         "git": git_info(),
         "upstream": upstream_info(patched=True),
         "build": {"tree": paths.relative(paths.LLAMA_SRC), "variant": variant, "binary": binary},
-        "model": {"name": model_name, "file": paths.relative(paths.MODELS / model["file"]), "sha256": model["sha256"]},
+        "model": model_rec,
         "data": None if data is None else {"file": paths.relative(data), "sha256": pypi.sha256_of(data)},
         "device": device_info(),
         "metrics": metrics,

@@ -40,6 +40,8 @@ RECORD = "elastickv/run.schema.json"
 AGGREGATE = "elastickv/aggregate.schema.json"
 QUICKSTART_TABLE = "elastickv/schemas/intermediate.quickstart_table.schema.json"
 THROUGHPUT_RUN = "elastickv/schemas/intermediate.throughput_run.schema.json"
+GPU_SUMMARY = "elastickv/schemas/intermediate.gpu_summary.schema.json"
+GPU_HOOK_AGREEMENT = "elastickv/schemas/intermediate.gpu_hook_agreement.schema.json"
 
 _DATE_TIME = re.compile(r"^(\d{4}-\d{2}-\d{2})[Tt](\d{2}:\d{2}:\d{2})(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 

@@ -8,6 +8,8 @@
 #   --tree DIR          llama.cpp tree to build (default: build/llama.cpp, fetched from PyPI if missing;
 #                       a tree of your own is patched in place and refused if the patch does not fit)
 #   --upstream          build the unpatched tree build/upstream/llama.cpp (no patch applied)
+#   --no-patch          with --tree: build the tree as it is, patched elsewhere (the GPU pack of scripts/gpu/pack.py,
+#                       built where GNU patch may be missing); the hook's edits are not checked
 #   --cuda              CUDA build in <tree>/build-cuda (needs nvcc; a GPU only to run it)
 #   --cuda-arch ARCHS   CMAKE_CUDA_ARCHITECTURES for --cuda (default: 90)
 #   --fa-quants PAIRS   GGML_CUDA_FA_QUANTS for --cuda: the flash-attention K-V type pairs to compile
@@ -16,6 +18,8 @@
 #                       in <tree>/build-cpu-NAME: avx512 (AVX-512 F/BW/DQ/VL with AVX2, FMA, F16C), avx2 (AVX2, FMA,
 #                       F16C, BMI2: e.g. AMD EPYC Zen 2/3), avx (AVX only), sse42 (SSE 4.2 only). The arithmetic of
 #                       other CPUs, run here (scripts/bench/cross_isa.py); runs only on a CPU that has the set
+#   --debug             CMAKE_BUILD_TYPE=Debug (asserts on, -O0) in <tree>/build-<variant>-debug, e.g. build-cpu-debug;
+#                       tests and scripts use it with EKV_BUILD_VARIANT=cpu-debug (make test-debug)
 #   -j N                parallel jobs (default: number of cores)
 # Targets default to: llama-perplexity llama-completion llama-bench llama-cli llama-server test-backend-ops
 # Only what is missing or out of date is rebuilt. LLAMA_CMAKE_FLAGS (environment, or `make ... LLAMA_CMAKE_FLAGS=`)
@@ -26,8 +30,10 @@ ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 die() { echo "build_llamacpp: $*" >&2; exit 1; }
 
 TREE=""
+BUILD_TYPE=Release
 MANAGED=0
 UPSTREAM=0
+NO_PATCH=0
 VARIANT=cpu
 ISA=""
 CUDA_ARCH=90
@@ -39,10 +45,12 @@ while [ $# -gt 0 ]; do
         -h|--help) sed -n '3,/^set -euo/{/^#/p}' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
         --tree) TREE=${2:?--tree needs a directory}; shift 2 ;;
         --upstream) UPSTREAM=1; shift ;;
+        --no-patch) NO_PATCH=1; shift ;;
         --cuda) VARIANT=cuda; shift ;;
         --cuda-arch) CUDA_ARCH=${2:?--cuda-arch needs a value, e.g. 90}; shift 2 ;;
         --fa-quants) FA_QUANTS=${2:?--fa-quants needs K-V pairs, e.g. f16-f16}; shift 2 ;;
         --isa) ISA=${2:?--isa needs a name: avx512, avx2, avx or sse42}; shift 2 ;;
+        --debug) BUILD_TYPE=Debug; shift ;;
         -j) JOBS=${2:?-j needs a number}; shift 2 ;;
         -*) die "unknown option $1 (see --help)" ;;
         *) TARGETS+=("$1"); shift ;;
@@ -50,6 +58,9 @@ while [ $# -gt 0 ]; do
 done
 [ ${#TARGETS[@]} -gt 0 ] || TARGETS=(llama-perplexity llama-completion llama-bench llama-cli llama-server test-backend-ops)
 command -v cmake >/dev/null || die "cmake is required"
+if [ "$NO_PATCH" = 1 ] && { [ -z "$TREE" ] || [ "$UPSTREAM" = 1 ]; }; then
+    die "--no-patch is for a tree of your own (--tree)"
+fi
 
 if [ "$UPSTREAM" = 1 ]; then
     [ -z "$TREE" ] || die "--upstream and --tree exclude each other"
@@ -61,7 +72,7 @@ elif [ -z "$TREE" ]; then
     [ -d "$TREE" ] || python3 "$ROOT/scripts/setup/fetch_llamacpp.py" --only patched
 fi
 [ -d "$TREE" ] || die "no llama.cpp tree at $TREE"
-if [ "$UPSTREAM" = 0 ] && ! "$ROOT/cuda_hook/patch_llamacpp.sh" "$TREE"; then
+if [ "$UPSTREAM" = 0 ] && [ "$NO_PATCH" = 0 ] && ! "$ROOT/cuda_hook/patch_llamacpp.sh" "$TREE"; then
     # the project's own tree was patched by an earlier version of the hook's upstream edits: it is re-extracted
     # from the sdist (build/downloads) and patched again; its build folders are kept, so only what the new edits
     # touch is rebuilt (the sdist's files keep their timestamps). A tree of your own (--tree) is never replaced.
@@ -81,7 +92,7 @@ if [ "$UPSTREAM" = 0 ] && ! "$ROOT/cuda_hook/patch_llamacpp.sh" "$TREE"; then
     "$ROOT/cuda_hook/patch_llamacpp.sh" "$TREE" || die "the hook's edits do not fit a fresh tree from the sdist"
 fi
 
-FLAGS=(-G Ninja -DCMAKE_BUILD_TYPE=Release
+FLAGS=(-G Ninja "-DCMAKE_BUILD_TYPE=$BUILD_TYPE"
        -DLLAMA_BUILD_TESTS=ON -DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_SERVER=ON -DLLAMA_BUILD_APP=OFF
        -DLLAMA_USE_PREBUILT_UI=OFF -DLLAMA_OPENSSL=OFF)
 if [ -n "$ISA" ]; then
@@ -107,6 +118,7 @@ if [ -n "${LLAMA_CMAKE_FLAGS:-}" ]; then
     read -r -a EXTRA <<< "$LLAMA_CMAKE_FLAGS"
     FLAGS+=("${EXTRA[@]}")
 fi
+[ "$BUILD_TYPE" = Debug ] && VARIANT="$VARIANT-debug"
 BUILD="$TREE/build-$VARIANT"
 command -v ninja >/dev/null || die "ninja is required (Debian: apt-get install ninja-build; or pip install ninja)"
 

@@ -43,20 +43,49 @@ def cublas_headers() -> Path:
     return dest
 
 
-def compile_kernel(arch: str = "90", tree: Path = paths.LLAMA_SRC) -> subprocess.CompletedProcess:
-    """Runs nvcc on the kernel's translation unit; returns the finished process (output in stdout)."""
+def _nvcc_and(source: Path) -> str:
+    """nvcc's path, once nvcc and a source file of the patched tree are there (FileNotFoundError otherwise)."""
     nvcc = shutil.which("nvcc")
     if nvcc is None:
         raise FileNotFoundError("nvcc is not on PATH (install the CUDA toolkit)")
+    if not source.exists():
+        raise FileNotFoundError(f"{paths.relative(source)} is missing: patch the tree first (make build)")
+    return nvcc
+
+
+def compile_kernel(arch: str = "90", tree: Path = paths.LLAMA_SRC) -> subprocess.CompletedProcess:
+    """Runs nvcc on the kernel's translation unit; returns the finished process (output in stdout)."""
     src = tree / "ggml" / "src" / "ggml-cuda" / "kv-sparsify.cu"
-    if not src.exists():
-        raise FileNotFoundError(f"{paths.relative(src)} is missing: patch the tree first (make build)")
+    nvcc = _nvcc_and(src)
     OUT.mkdir(parents=True, exist_ok=True)
-    cmd = [nvcc, "-std=c++17", f"-arch=sm_{arch}", "-c", str(src), "-o", str(OUT / f"kv-sparsify.sm_{arch}.o"),
+    # -use_fast_math as ggml-cuda's CMakeLists builds it (flush-to-zero: the kernel must not depend on it)
+    cmd = [nvcc, "-std=c++17", f"-arch=sm_{arch}", "-use_fast_math", "-c", str(src), "-o", str(OUT / f"kv-sparsify.sm_{arch}.o"),
            "-I", str(tree / "ggml" / "include"), "-I", str(tree / "ggml" / "src"),
            "-I", str(tree / "ggml" / "src" / "ggml-cuda"), "-I", str(cublas_headers()),
            "-Xcompiler", "-Wall"]
     return subprocess.run(cmd, capture_output=True, text=True)
+
+
+def build_host_lib(tree: Path = paths.LLAMA_SRC) -> Path:
+    """Builds tests/cuda/kv_sparsify_host.cu with nvcc into a shared library: the CUDA kernels' per-thread logic
+    (ggml-cuda/kv-sparsify-thread.cuh of the patched tree) run on the host. Rebuilt when a source is newer.
+    Raises FileNotFoundError (no nvcc, unpatched tree) or RuntimeError (nvcc failed, with its output)."""
+    header = tree / "ggml" / "src" / "ggml-cuda" / "kv-sparsify-thread.cuh"
+    nvcc = _nvcc_and(header)
+    src = paths.ROOT / "tests" / "cuda" / "kv_sparsify_host.cu"
+    lib = OUT / "libkvs_host.so"
+    deps = [src, header, tree / "ggml" / "include" / "ggml-kv-sparsify.h"]
+    if lib.exists() and all(lib.stat().st_mtime >= d.stat().st_mtime for d in deps):
+        return lib
+    OUT.mkdir(parents=True, exist_ok=True)
+    tmp = lib.with_suffix(".tmp.so")
+    cmd = [nvcc, "-std=c++17", "-O2", "-shared", "-Xcompiler", "-fPIC,-Wall", str(src), "-o", str(tmp),
+           "-I", str(tree / "ggml" / "include"), "-I", str(tree / "ggml" / "src" / "ggml-cuda")]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"nvcc failed on {paths.relative(src)}:\n{proc.stdout}{proc.stderr}")
+    tmp.replace(lib)
+    return lib
 
 
 def own_warnings(proc: subprocess.CompletedProcess) -> list[str]:

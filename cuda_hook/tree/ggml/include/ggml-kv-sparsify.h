@@ -6,6 +6,9 @@
 
 #include "ggml.h"
 
+#include <math.h>
+#include <stdint.h>
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -53,6 +56,39 @@ static inline GGML_KV_SPARSIFY_HD void ggml_kv_sparsify_update_tau(double * s, f
     }
     s[GGML_KV_SPARSIFY_TAU] = s[GGML_KV_SPARSIFY_N] > 0.0 ?
         (double) scale * (s[GGML_KV_SPARSIFY_S] / s[GGML_KV_SPARSIFY_N]) : 0.0;
+}
+
+// Step 4's comparison |x| < tau as an integer compare, shared by the CPU and CUDA kernels: returns the magnitude
+// bits T of the smallest value >= tau of the stored float type, so that for every stored x (subnormals, infinities
+// and NaN included) |x| < tau <=> (bits(x) & ~sign) < T. F16 and BF16 compare their own 16 bits; F32 and the
+// quantized types compare the f32 bits of x (quantized: x = d * code in f32). Integer and exact double arithmetic
+// only, so that no flush-to-zero or rounding mode can change it. A NaN or non-positive tau returns 0: nothing is below.
+static inline GGML_KV_SPARSIFY_HD uint32_t ggml_kv_sparsify_tau_bits(double tau, enum ggml_type type) {
+    int      man;      // stored significand bits
+    int      bias;     // exponent bias
+    uint32_t inf;      // bits of +infinity
+    double   max;      // largest finite value
+    if (type == GGML_TYPE_F16) {
+        man = 10; bias = 15;  inf = 0x7C00;      max = 65504.0;
+    } else if (type == GGML_TYPE_BF16) {
+        man = 7;  bias = 127; inf = 0x7F80;      max = ldexp(255.0, 120);
+    } else {
+        man = 23; bias = 127; inf = 0x7F800000u; max = ldexp(16777215.0, 104);
+    }
+    if (!(tau > 0.0)) {
+        return 0;
+    }
+    if (tau > max) {
+        return inf; // every finite value is below; infinity and NaN are not
+    }
+    if (tau <= ldexp(1.0, 1 - bias)) {
+        // up to the smallest normal value: subnormal steps of 2^(1 - bias - man)
+        return (uint32_t) ceil(ldexp(tau, bias - 1 + man));
+    }
+    int e;
+    frexp(tau, &e); // tau = f * 2^e, f in [0.5, 1): the value is 1.m * 2^(e-1)
+    const uint32_t m = (uint32_t) ceil(ldexp(tau, man + 1 - e)); // in [2^man, 2^(man+1)]; 2^(man+1) carries
+    return ((uint32_t) (e - 1 + bias) << man) + m - (1u << man);
 }
 
 // Zero, in place, the entries of a KV-cache tensor whose magnitude is below a per-(group, head) threshold.

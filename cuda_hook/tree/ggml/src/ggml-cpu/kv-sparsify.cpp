@@ -12,8 +12,8 @@
 //   4. per (group, head): the threads' counters are added into the state.
 // A cell's |x| are summed in 8 double lanes (lane j takes values j, j+8, ...; the lanes are then added pairwise),
 // a fixed order that any compiler keeps without -ffast-math, so the sums are the same on every x86-64 CPU.
-// Float caches are thresholded on their stored bits: for non-negative values the order of the magnitude bits is
-// the order of the values, so |x| < tau is an integer compare against the bits of the smallest value >= tau,
+// Values are thresholded on their magnitude bits: for non-negative values the order of the bits is the order of the
+// values, so |x| < tau is an integer compare against ggml_kv_sparsify_tau_bits (the CUDA kernel uses the same),
 // which vectorizes and is exact (subnormals included). Values are converted with ggml's fp16/bf16 helpers.
 #include "kv-sparsify.h"
 #include "ggml-kv-sparsify.h"
@@ -37,42 +37,6 @@ constexpr int NCOUNT   = 4 + BLOCK + 1; // N_PROC, NNZ_PROC, N_OBS, NNZ_OBS, HIS
 constexpr size_t KV_ALIGN = 64;         // work buffer parts start on cache lines
 
 constexpr bool is_quant(ggml_type t) { return t == GGML_TYPE_Q8_0 || t == GGML_TYPE_Q4_0 || t == GGML_TYPE_Q5_0; }
-
-// The smallest float t with (double) a < tau <=> a < t for every float a >= 0, so that the comparison
-// of step 4 runs in float and gives exactly the float64 comparison of the reference.
-inline float kv_tau_float(double tau) {
-    float t = (float) tau;
-    if ((double) t < tau) {
-        t = nextafterf(t, INFINITY);
-    }
-    return t;
-}
-
-// Magnitude bits T of the threshold for a float type: |x| < t <=> (bits(x) & ~sign) < T for every stored x
-// (NaN is never below; a NaN tau zeroes nothing).
-template <ggml_type T>
-inline uint32_t kv_tau_bits(float t) {
-    if (std::isnan(t) || t <= 0.0f) {
-        return 0;
-    }
-    if constexpr (T == GGML_TYPE_F32) {
-        uint32_t b;
-        memcpy(&b, &t, sizeof(b));
-        return b; // t >= +0: the bits of non-negative floats are ordered like their values (inf included)
-    } else if constexpr (T == GGML_TYPE_BF16) {
-        uint32_t b;
-        memcpy(&b, &t, sizeof(b));
-        return (b + 0xFFFFu) >> 16; // the smallest bf16 >= t
-    } else {
-        // the smallest f16 >= t, searched over the ordered non-negative halves 0 .. 0x7C00 (inf)
-        uint32_t lo = 0, hi = 0x7C00;
-        while (lo < hi) {
-            const uint32_t mid = (lo + hi) / 2;
-            if (GGML_CPU_FP16_TO_FP32((ggml_fp16_t) mid) >= t) { hi = mid; } else { lo = mid + 1; }
-        }
-        return lo;
-    }
-}
 
 // Sum of |x[0..n)| in LANES double lanes, added pairwise at the end.
 inline double kv_abs_sum(const float * x, int n) {
@@ -118,18 +82,25 @@ inline void kv_qblock_load(const char * blk, float * x) {
     }
 }
 
-// Zeroes |x| < tau of one quantized 32-block (the code of 0; d untouched; stored zeros left as they are) and
-// returns the non-zeros after.
+// Magnitude bits of a float value (sign cleared).
+inline uint32_t kv_mag_bits(float x) {
+    uint32_t b;
+    memcpy(&b, &x, sizeof(b));
+    return b & 0x7FFFFFFFu;
+}
+
+// Zeroes |x| < tau (as f32 magnitude bits < tb) of one quantized 32-block (the code of 0; d untouched; stored zeros
+// left as they are) and returns the non-zeros after.
 template <ggml_type T>
-inline int kv_qblock_zero(char * blk, float tau) {
+inline int kv_qblock_zero(char * blk, uint32_t tb) {
     float x[BLOCK];
     kv_qblock_load<T>(blk, x);
     bool below[BLOCK];
     int nnz = 0;
     for (int i = 0; i < BLOCK; ++i) {
-        const bool nz = x[i] != 0.0f;
-        below[i] = fabsf(x[i]) < tau && nz;
-        nnz += !(fabsf(x[i]) < tau) && nz;
+        const uint32_t m = kv_mag_bits(x[i]);
+        below[i] = m < tb && m != 0;
+        nnz += !(m < tb) && m != 0;
     }
     if constexpr (T == GGML_TYPE_Q8_0) {
         int8_t * q = (int8_t *) (blk + 2);
@@ -159,20 +130,43 @@ inline int kv_qblock_zero(char * blk, float tau) {
     return nnz;
 }
 
-// Zeroes |x| < tau (as magnitude bits < tb) of n contiguous float values and returns the non-zeros after.
+// Stored bits of a float type, and their magnitude mask.
+template <ggml_type T>
+using kv_bits_t = typename std::conditional<T == GGML_TYPE_F32, uint32_t, uint16_t>::type;
+template <ggml_type T>
+constexpr kv_bits_t<T> KV_MAG = T == GGML_TYPE_F32 ? (kv_bits_t<T>) 0x7FFFFFFFu : (kv_bits_t<T>) 0x7FFF;
+
+// Zeroes one stored float value if its magnitude bits are below tb (a store only then: the transposed layout
+// touches one value per cache line); returns 1 if it is non-zero after.
+template <ggml_type T>
+inline int kv_float_zero1(kv_bits_t<T> * q, uint32_t tb) {
+    const uint32_t m = *q & KV_MAG<T>;
+    const bool below = m < tb;
+    if (below && m != 0) {
+        *q = 0;
+    }
+    return !below && m != 0;
+}
+
+// Zeroes |x| < tau (as magnitude bits < tb) of n contiguous float values and returns the non-zeros after: the
+// test of kv_float_zero1 with an unconditional store, which vectorizes over a contiguous row.
 template <ggml_type T>
 inline int kv_float_zero(char * base, int n, uint32_t tb) {
-    using bits_t = typename std::conditional<T == GGML_TYPE_F32, uint32_t, uint16_t>::type;
-    constexpr bits_t MAG = T == GGML_TYPE_F32 ? (bits_t) 0x7FFFFFFFu : (bits_t) 0x7FFF;
-    bits_t * q = (bits_t *) base;
+    kv_bits_t<T> * q = (kv_bits_t<T> *) base;
     int nnz = 0;
     for (int i = 0; i < n; ++i) {
-        const uint32_t m = q[i] & MAG;
+        const uint32_t m = q[i] & KV_MAG<T>;
         const bool below = m < tb;
-        q[i] = below && m != 0 ? (bits_t) 0 : q[i];
+        q[i] = below && m != 0 ? (kv_bits_t<T>) 0 : q[i];
         nnz += !below && m != 0;
     }
     return nnz;
+}
+
+// Byte offset of head h inside a row of the row layout.
+template <ggml_type T>
+inline size_t kv_head_offset(int h, int hd) {
+    return is_quant(T) ? (size_t) h*(hd/BLOCK)*ggml_type_size(T) : (size_t) h*hd*ggml_type_size(T);
 }
 
 inline float kv_float_at(ggml_type t, const char * p) {
@@ -192,7 +186,7 @@ struct kv_job {
     int64_t n_cells;
     int     n_chunk;
     double *   part;   // [n_chunk][n_group][n_head][2]: S, N of one task
-    uint32_t * tbits;  // [n_group][n_head]: magnitude bits of tau (float types)
+    uint32_t * tbits;  // [n_group][n_head]: magnitude bits of tau (ggml_kv_sparsify_tau_bits)
     int64_t *  cnt;    // [nth][n_group][n_head][NCOUNT]
 
     double * S(int g, int h) const { return st + ((int64_t) g*p.n_head + h)*GGML_KV_SPARSIFY_NSTATE; }
@@ -243,7 +237,7 @@ void kv_stat_task(const kv_job & job, int h, int c) {
         }
     } else {
         float x[MAX_HEAD_DIM];
-        const size_t head_off = is_quant(T) ? (size_t) h*(hd/BLOCK)*ggml_type_size(T) : (size_t) h*hd*ggml_type_size(T);
+        const size_t head_off = kv_head_offset<T>(h, hd);
         for (int e = e0; e < e1; ++e) {
             const int32_t cell = job.list[2*e], code = job.list[2*e + 1];
             if (code < 0 || !(code & GGML_KV_SPARSIFY_PROCESS)) {
@@ -286,8 +280,6 @@ void kv_zero_task(const kv_job & job, int ith, int h, int c) {
         static_assert(MAX_HEAD_DIM/BLOCK <= 32, "block counters");
         uint8_t nnz[KV_CHUNK][MAX_HEAD_DIM/BLOCK];
         memset(nnz, 0, sizeof(nnz));
-        using bits_t = typename std::conditional<T == GGML_TYPE_F32, uint32_t, uint16_t>::type;
-        constexpr bits_t MAG = T == GGML_TYPE_F32 ? (bits_t) 0x7FFFFFFFu : (bits_t) 0x7FFF;
         for (int j = 0; j < hd; ++j) {
             char * row = (char *) a->data + ((int64_t) h*hd + j)*a->nb[1];
             for (int e = e0; e < e1; ++e) {
@@ -296,11 +288,7 @@ void kv_zero_task(const kv_job & job, int ith, int h, int c) {
                     continue;
                 }
                 const uint32_t tb = (code & GGML_KV_SPARSIFY_PROCESS) ? job.tbits[(code & GGML_KV_SPARSIFY_GROUP_MASK)*job.p.n_head + h] : 0;
-                bits_t * q = (bits_t *) (row + cell*a->nb[0]);
-                const uint32_t m = *q & MAG;
-                const bool below = m < tb;
-                if (below && m != 0) { *q = 0; }
-                nnz[e - e0][j/BLOCK] += !below && m != 0;
+                nnz[e - e0][j/BLOCK] += kv_float_zero1<T>((kv_bits_t<T> *) (row + cell*a->nb[0]), tb);
             }
         }
         for (int e = e0; e < e1; ++e) {
@@ -316,7 +304,7 @@ void kv_zero_task(const kv_job & job, int ith, int h, int c) {
         }
     } else {
         const size_t bsz = is_quant(T) ? ggml_type_size(T) : BLOCK*ggml_type_size(T); // bytes of a 32-block
-        const size_t head_off = is_quant(T) ? (size_t) h*(hd/BLOCK)*ggml_type_size(T) : (size_t) h*hd*ggml_type_size(T);
+        const size_t head_off = kv_head_offset<T>(h, hd);
         for (int e = e0; e < e1; ++e) {
             const int32_t cell = job.list[2*e], code = job.list[2*e + 1];
             if (code < 0) {
@@ -327,13 +315,12 @@ void kv_zero_task(const kv_job & job, int ith, int h, int c) {
             const bool process = (code & GGML_KV_SPARSIFY_PROCESS) != 0;
             char * base = (char *) a->data + cell*a->nb[1] + head_off;
             int64_t * k = job.count(ith, g, h);
+            const uint32_t tb = process ? job.tbits[g*job.p.n_head + h] : 0; // 0: nothing below
             if constexpr (is_quant(T)) {
-                const float tau = process ? kv_tau_float(job.S(g, h)[GGML_KV_SPARSIFY_TAU]) : 0.0f; // 0: nothing below
                 for (int b = 0; b < n_blocks; ++b) {
-                    account(k, code, BLOCK, kv_qblock_zero<T>(base + b*bsz, tau), true);
+                    account(k, code, BLOCK, kv_qblock_zero<T>(base + b*bsz, tb), true);
                 }
             } else {
-                const uint32_t tb = process ? job.tbits[g*job.p.n_head + h] : 0;
                 for (int b = 0; b < n_blocks; ++b) {
                     const int len = std::min(BLOCK, hd - b*BLOCK);
                     account(k, code, len, kv_float_zero<T>(base + b*bsz, len, tb), len == BLOCK);
@@ -366,9 +353,7 @@ void kv_sparsify_run(const ggml_compute_params * params, const kv_job & job) {
             s[GGML_KV_SPARSIFY_N_PASS] += job.slot(c, g, h)[1];
         }
         ggml_kv_sparsify_update_tau(s, job.p.scale, job.p.incremental);
-        if constexpr (!is_quant(T)) {
-            job.tbits[gh] = kv_tau_bits<T>(kv_tau_float(s[GGML_KV_SPARSIFY_TAU]));
-        }
+        job.tbits[gh] = ggml_kv_sparsify_tau_bits(s[GGML_KV_SPARSIFY_TAU], T);
     }
     ggml_barrier(params->threadpool);
 
