@@ -186,8 +186,8 @@ def test_tau_bits(cuda_host):
         taus += [f, np.nextafter(f, 0.0), np.nextafter(f, 1.0)]
     with np.errstate(over="ignore"):
         for type_name in ("f32", "f16", "bf16"):
-            bad = [(t, cuda_host.tau_bits(t, type_name), _smallest_at_least(t, type_name)) for t in taus
-                   if cuda_host.tau_bits(t, type_name) != _smallest_at_least(t, type_name)]
+            got = [(t, cuda_host.tau_bits(t, type_name), _smallest_at_least(t, type_name)) for t in taus]
+            bad = [g for g in got if g[1] != g[2]]
             assert not bad, f"{type_name}: (tau, got, want) {bad[:5]}"
     # the quantized types compare f32 bits
     assert cuda_host.tau_bits(0.3, "q4_0") == cuda_host.tau_bits(0.3, "f32")
@@ -262,7 +262,7 @@ def test_backend_ops_case(ggml_cpu, cuda_host, case):
         state[..., ref.S], state[..., ref.N] = 400.0, 1000.0
     host, cpu, want = (raw, state), (raw, state), (raw, state)
     for cells in backend_ops_lists(rng, n_cells, n_group, n_pass):
-        host = cuda_host.kv_sparsify(*host[:1], type_name, n_values, cells, host[1], scale, trans, incremental,
+        host = cuda_host.kv_sparsify(host[0], type_name, n_values, cells, host[1], scale, trans, incremental,
                                      pad=pad_bytes)
         cpu = ggml_cpu.kv_sparsify(cpu[0], type_name, n_values, cells, cpu[1], scale, trans, incremental)
         assert_bit_identical(host, cpu)

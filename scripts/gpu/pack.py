@@ -91,7 +91,7 @@ def file_hashes(root: Path, dirs=CHECKED_DIRS) -> dict[str, str]:
     for d in dirs:
         for p in sorted((root / d).rglob("*")):
             if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc":
-                out[p.relative_to(root).as_posix()] = hashlib.sha256(p.read_bytes()).hexdigest()
+                out[p.relative_to(root).as_posix()] = pypi.sha256_of(p)
     return out
 
 

@@ -21,6 +21,10 @@ const char * llama_elastickv_policy_name_of(llama_elastickv_policy p);
 // The ELASTICKV_MODE value of a mode.
 const char * llama_elastickv_mode_name(llama_elastickv_mode m);
 
-// The first backend of the context that can access a buffer of this type (the KV buffer of a layer: the hook's own
-// tensors go next to it). Throws std::runtime_error naming the buffer type when none can (llama-elastickv.cpp).
+// The backend of the context that runs the hook's ops on a buffer of this type (the KV buffer of a layer: the hook's
+// own tensors go next to it): the device that owns that memory, the CPU for host memory, never an accelerator
+// backend such as BLAS. Throws std::runtime_error naming the buffer type when none can (llama-elastickv.cpp).
 ggml_backend_t llama_elastickv_backend_for(ggml_backend_buffer_type_t buft, const std::vector<ggml_backend_t> & backends);
+
+// The device type of a backend (ACCEL for a backend without a device).
+enum ggml_backend_dev_type llama_elastickv_dev_type(ggml_backend_t backend);

@@ -103,8 +103,7 @@ void llama_elastickv::impl::compute() {
     std::vector<size_t> order;
     for (int cpu = 0; cpu < 2; ++cpu) {
         for (size_t d = 0; d < devs.size(); ++d) {
-            ggml_backend_dev_t dev = ggml_backend_get_device(devs[d].backend);
-            if ((dev && ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU) == (cpu == 1)) {
+            if ((llama_elastickv_dev_type(devs[d].backend) == GGML_BACKEND_DEVICE_TYPE_CPU) == (cpu == 1)) {
                 order.push_back(d);
             }
         }

@@ -65,29 +65,30 @@ int g_ekv_n_ctx = 0; // contexts created with the hook on, for unique dump names
 // the hook
 //
 
+enum ggml_backend_dev_type llama_elastickv_dev_type(ggml_backend_t backend) {
+    ggml_backend_dev_t dev = ggml_backend_get_device(backend);
+    return dev ? ggml_backend_dev_type(dev) : GGML_BACKEND_DEVICE_TYPE_ACCEL;
+}
+
 // The backend that runs the hook's ops on a buffer of type buft: the device that owns that memory (a GPU for its
 // own buffers, the CPU for host memory, pinned or not: -nkvo, layers left on the CPU by -ngl). Never an
 // accelerator backend (BLAS, ...): those accept host buffers but run only their own few ops.
 ggml_backend_t llama_elastickv_backend_for(ggml_backend_buffer_type_t buft, const std::vector<ggml_backend_t> & backends) {
-    auto dev_type = [](ggml_backend_t b) {
-        ggml_backend_dev_t dev = ggml_backend_get_device(b);
-        return dev ? ggml_backend_dev_type(dev) : GGML_BACKEND_DEVICE_TYPE_ACCEL;
-    };
     for (auto * b : backends) {
-        ggml_backend_dev_t dev = ggml_backend_get_device(b);
-        if (dev && dev_type(b) != GGML_BACKEND_DEVICE_TYPE_ACCEL && ggml_backend_dev_buffer_type(dev) == buft) {
+        if (llama_elastickv_dev_type(b) != GGML_BACKEND_DEVICE_TYPE_ACCEL &&
+            ggml_backend_dev_buffer_type(ggml_backend_get_device(b)) == buft) {
             return b;
         }
     }
     if (ggml_backend_buft_is_host(buft)) {
         for (auto * b : backends) {
-            if (dev_type(b) == GGML_BACKEND_DEVICE_TYPE_CPU) {
+            if (llama_elastickv_dev_type(b) == GGML_BACKEND_DEVICE_TYPE_CPU) {
                 return b;
             }
         }
     }
     for (auto * b : backends) {
-        if (dev_type(b) != GGML_BACKEND_DEVICE_TYPE_ACCEL && ggml_backend_supports_buft(b, buft)) {
+        if (llama_elastickv_dev_type(b) != GGML_BACKEND_DEVICE_TYPE_ACCEL && ggml_backend_supports_buft(b, buft)) {
             return b;
         }
     }
