@@ -15,6 +15,7 @@ import sys
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from elastickv import paths, schema, upstream
@@ -193,3 +194,25 @@ def test_hook_agreement_machinery_on_the_cpu(tmp_path):
     assert rec["summary"]["agree"] == rec["summary"]["pairs"] == 5
     hooked = [p for p in rec["pairs"] if p["mode"] != "off"]
     assert all(p["passes"] == 6 and p["gpu"]["k_zero_pct_last"] > 0 for p in hooked)
+
+
+@pytest.mark.parametrize("wtype", ["q4_0", "q8_0"])
+def test_write_model_random_codes(tmp_path, monkeypatch, wtype):
+    """The llama3-8b shape's way of writing (random codes of the quantized type, one scale, its own output matrix),
+    on a small shape: llama.cpp's block layout, values of the asked deviation, and refused for other types."""
+    import gguf
+    from gguf import quants
+
+    wm = load("write_model")
+    monkeypatch.setitem(wm.SHAPES, "codes-test", wm.SHAPES["tiny"] | {"tied": False, "codes": True})
+    out = tmp_path / "m.gguf"
+    wm.write(out, "codes-test", wtype)
+    tensors = {t.name: t for t in gguf.GGUFReader(out).tensors}
+    qtype = gguf.GGMLQuantizationType[wtype.upper()]
+    assert tensors["output.weight"].tensor_type == qtype and tensors["blk.1.ffn_down.weight"].tensor_type == qtype
+    assert tensors["blk.0.attn_norm.weight"].tensor_type == gguf.GGMLQuantizationType.F32
+    w = quants.dequantize(tensors["blk.0.ffn_up.weight"].data, qtype)
+    assert w.shape == (256, 128) and 0.018 < float(w.std()) < 0.022
+    assert len(np.unique(w)) > 8  # codes, not a constant
+    with pytest.raises(ValueError, match="written in q8_0 or q4_0 only"):
+        wm.write(tmp_path / "x.gguf", "codes-test", "f16")

@@ -75,7 +75,27 @@ def test_decode_overhead_benchmark_smoke(tmp_path, model_path):
     assert [x["variant"] for x in runs] == ["off", "full", "incremental"]
     assert all(x["row"]["n_depth"] == 192 and x["row"]["n_gen"] == 64 for x in runs)
     assert runs[1]["env"]["ELASTICKV_MODE"] == "full" and runs[0]["env"] == {}
-    assert set(rec["metrics"]["overhead"]["192"]) == {"ns_per_token_off", "full", "incremental"}
+    e = rec["metrics"]["overhead"]["192"]
+    assert set(e) == {"ns_per_token_off", "full", "incremental", "floor"}
+    # the bytes floor: W from llama-bench, the KV bytes per cell from llama.cpp's log (30 layers x 3 KV heads x 64 x
+    # K and V in f16 for the default model), and each mode's overhead as a ratio to it
+    fl = e["floor"]
+    assert fl["weights_bytes"] == runs[0]["row"]["model_size"] and fl["evict_every"] == 64
+    assert fl["kv_bytes_per_cell"] == pytest.approx(30 * 3 * 64 * 2 * 2, rel=2e-3)
+    assert fl["full_pct"] == pytest.approx(100 * 2 * fl["kv_bytes"] / (64 * (fl["weights_bytes"] + fl["kv_bytes"])))
+    assert fl["incremental_pct"] == pytest.approx(fl["full_pct"] * 64 / 192)
+    for mode in ("full", "incremental"):
+        assert e[mode]["ratio_to_floor"] == pytest.approx(e[mode]["overhead_pct_mean"] / e[mode]["floor_pct"])
+    # the passes timed by the hook itself (full mode, ELASTICKV_VERBOSE=1): its pass lines, none from the other
+    # runs; those of the timed generation (pos_max >= depth) give the direct overhead
+    assert runs[0]["passes"] == runs[2]["passes"] == [] and runs[1]["passes"]
+    assert "pass_overhead_pct_mean" not in e["incremental"]
+    for x in runs[1:2]:
+        gen = [p for p in x["passes"] if p["pos_max"] >= 192]
+        assert gen, x["passes"]
+        ms = sum(p["ms"] for p in gen)
+        assert e[x["variant"]]["pass_overhead_pct_mean"] == pytest.approx(100 * ms / (x["row"]["avg_ns"] / 1e6 - ms))
+        assert e[x["variant"]]["passes_per_run"] == len(gen)
     r = subprocess.run(cmd, cwd=paths.ROOT, capture_output=True, text=True)
     assert r.returncode != 0 and "--force" in r.stderr
 

@@ -12,6 +12,20 @@ at depth d runs 4 passes, each over d cells (full) or 64 new cells (incremental)
 
 Targets (on a GPU, depth 4096): at most 0.4 % in full mode and 0.1 % in incremental mode.
 
+Beside each overhead the record gives the bytes floor (SPEC's cost model: decode reads the weights W and the
+cache C once per token; a pass every EVICT_EVERY = E tokens reads and writes the cells it processes once):
+full 2 C / (E (W + C)), incremental 2 C_E / (E (W + C)), with C the KV bytes of `depth` cells and C_E those of the
+E new cells; W is llama-bench's model_size and the KV bytes per cell are read from llama.cpp's own log
+(``llama_kv_cache: size = ... (N cells ...)``, llama-bench -v). ratio_to_floor = overhead / floor.
+
+The full-mode runs also time each pass themselves (ELASTICKV_VERBOSE=1: the hook's per-pass line gives its wall time;
+on a GPU that is the time to enqueue and read back its statistics): pass_overhead_pct = the time of the passes made
+during the timed generation (pos_max >= depth) / (the run's generation time - that time). On a noisy machine the
+difference of whole runs cannot resolve an overhead below a few percent; this direct figure can. Incremental mode
+runs without it: the statistics of the per-pass line make every pass also count the survivors of every cell,
+which a full pass does anyway but an incremental pass (64 new cells) does not. (The record of 2026-12-03 ran its
+incremental variant with ELASTICKV_VERBOSE=1 too; its env says so, and its incremental figures include that count.)
+
 --cap N --cap-budget B: variants off and capped (ELASTICKV_POLICY=streaming, ELASTICKV_BUDGET=B cells,
 ELASTICKV_KV_CELLS=N); the hook refuses a cap that cannot hold B plus a batch, so pass llama-bench a matching
 batch (e.g. --bench-args -b 512 -ub 512 for N = 4096, B = 3521). The depth is prefilled through the cap too.
@@ -28,12 +42,12 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from elastickv import envvars, models, paths, pypi, results, tools  # noqa: E402
+from elastickv import envvars, logparse, models, paths, pypi, results, tools  # noqa: E402
 from elastickv.progress import Progress  # noqa: E402
 
 VARIANTS = {
     "off": {},
-    "full": {"ELASTICKV_MODE": "full"},
+    "full": {"ELASTICKV_MODE": "full", "ELASTICKV_VERBOSE": "1"},
     "incremental": {"ELASTICKV_MODE": "incremental"},
 }
 
@@ -56,15 +70,46 @@ def bench_once(binary: Path, model: Path, depth: int, n_gen: int, threads: int, 
     elif variant != "off":
         hook = envvars.hook_env(preset=preset) | VARIANTS[variant]
     cmd = [paths.relative(binary), "-m", paths.relative(model), "-p", "0", "-n", str(n_gen), "-d", str(depth),
-           "-r", "1", "--no-warmup", "-fa", "1", "-t", str(threads), "-o", "jsonl", *variant_flags]
+           "-r", "1", "--no-warmup", "-fa", "1", "-t", str(threads), "-o", "jsonl", "-v", *variant_flags]
     _, text = tools.run(cmd, log_path, hook)
     rows = bench_rows(text)
     if len(rows) != 1:
         raise tools.ToolError(f"expected one llama-bench row in {paths.relative(log_path)}, got {len(rows)}")
-    return {"variant": variant, "env": hook, "command": cmd, "row": rows[0], "log": paths.relative(log_path)}
+    try:
+        kv = logparse.kv_cache(text)
+        kv_cells = {"mib": kv.mib, "cells": kv.cells}
+    except logparse.LogParseError:
+        kv_cells = None  # a log without the line: no floor
+    passes = [{"pos_max": p["pos_max"], "ms": p["ms"]} for p in logparse.elastickv_passes(text)]
+    return {"variant": variant, "env": hook, "command": cmd, "row": rows[0], "kv": kv_cells, "passes": passes,
+            "log": paths.relative(log_path)}
 
 
-def summarize(runs: list[dict], depths: list[int]) -> dict:
+def pass_overhead(run: dict) -> tuple[float, int] | None:
+    """(pass time / (generation time - pass time) in %, passes) over the passes of one hook-on run made during its
+    timed generation (pos_max >= its depth); None without pass lines (the hook off, or an older record)."""
+    gen = [p for p in run.get("passes") or [] if p["pos_max"] >= run["row"]["n_depth"]]
+    if not gen:
+        return None
+    ms = sum(p["ms"] for p in gen)
+    return 100 * ms / (run["row"]["avg_ns"] / 1e6 - ms), len(gen)
+
+
+def bytes_floor(row: dict, kv: dict | None, depth: int, evict_every: int) -> dict | None:
+    """The bytes floor of the pass at ``depth`` (see the module text), in percent of decode time, from one run's
+    llama-bench row (model_size = W) and its KV size line; None without them."""
+    if not kv or not kv.get("cells") or not row.get("model_size"):
+        return None
+    per_cell = kv["mib"] * 2**20 / kv["cells"]
+    weights, cache = float(row["model_size"]), per_cell * depth
+    return {"weights_bytes": weights, "kv_bytes_per_cell": per_cell, "kv_bytes": cache, "evict_every": evict_every,
+            "full_pct": 100 * 2 * cache / (evict_every * (weights + cache)),
+            "incremental_pct": 100 * 2 * per_cell * evict_every / (evict_every * (weights + cache))}
+
+
+def summarize(runs: list[dict], depths: list[int], evict_every: int | None = None) -> dict:
+    """Per depth: the hook-off decode times, and per variant the overhead over rounds; with ``evict_every``, the
+    bytes floor (from the first run at that depth) and each mode's overhead as a ratio to its floor."""
     out = {}
     for depth in depths:
         per_round: dict[int, dict[str, float]] = {}
@@ -72,6 +117,11 @@ def summarize(runs: list[dict], depths: list[int]) -> dict:
             if r["row"]["n_depth"] == depth:
                 per_round.setdefault(r["round"], {})[r["variant"]] = r["row"]["avg_ns"] / r["row"]["n_gen"]
         entry = {"ns_per_token_off": [v["off"] for v in per_round.values()]}
+        at_depth = [r for r in runs if r["row"]["n_depth"] == depth]
+        floor = bytes_floor(at_depth[0]["row"], at_depth[0].get("kv"), depth, evict_every) \
+            if evict_every and at_depth else None
+        if floor:
+            entry["floor"] = floor
         for variant in sorted({r["variant"] for r in runs} - {"off"}):
             over = [v[variant] / v["off"] - 1.0 for v in per_round.values() if variant in v and "off" in v]
             entry[variant] = {
@@ -82,6 +132,17 @@ def summarize(runs: list[dict], depths: list[int]) -> dict:
                 "ratio_mean": 1 + statistics.fmean(over),
                 "rounds": len(over),
             }
+            if floor and f"{variant}_pct" in floor:
+                entry[variant]["floor_pct"] = floor[f"{variant}_pct"]
+                entry[variant]["ratio_to_floor"] = entry[variant]["overhead_pct_mean"] / floor[f"{variant}_pct"]
+            direct = [x for x in (pass_overhead(r) for r in at_depth if r["variant"] == variant) if x]
+            if direct:
+                pct = [d[0] for d in direct]
+                entry[variant]["pass_overhead_pct_mean"] = statistics.fmean(pct)
+                entry[variant]["pass_overhead_pct_std"] = statistics.stdev(pct) if len(pct) > 1 else None
+                entry[variant]["passes_per_run"] = statistics.fmean(d[1] for d in direct)
+                if floor and f"{variant}_pct" in floor:
+                    entry[variant]["pass_ratio_to_floor"] = statistics.fmean(pct) / floor[f"{variant}_pct"]
         out[str(depth)] = entry
     return out
 
@@ -158,18 +219,23 @@ def main() -> int:
     settings = {"depths": args.depths, "n_gen": args.n_gen, "rounds": args.rounds, "threads": args.threads,
                 "preset": args.preset, "variant": args.variant, "flash_attn": True, "bench_args": args.bench_args,
                 "variants": VARIANTS if variants is None else variants}
-    metrics = {"overhead": summarize(runs, args.depths), "runs": runs}
-    record = results.record("bench", out.stem, started, ["python3", *sys.argv], {},
-                            envvars.resolve(envvars.hook_env(preset=args.preset) if variants is None else variants["capped"]),
+    resolved = envvars.resolve(envvars.hook_env(preset=args.preset) if variants is None else variants["capped"])
+    metrics = {"overhead": summarize(runs, args.depths, resolved["evict_every"] if variants is None else None),
+               "runs": runs}
+    record = results.record("bench", out.stem, started, ["python3", *sys.argv], {}, resolved,
                             settings, args.variant,
                             paths.relative(binary), model_name, None, metrics, log_dir, model_file=args.model_file)
     results.write_json_atomic(out, record)
     for depth, e in record["metrics"]["overhead"].items():
-        for variant in [k for k in e if k != "ns_per_token_off"]:
+        for variant in [k for k in e if k not in ("ns_per_token_off", "floor")]:
             v = e[variant]
             std = f" ± {v['overhead_pct_std']:.2f}" if v["overhead_pct_std"] is not None else ""
+            floor = f", floor {v['floor_pct']:.3f}%, {v['ratio_to_floor']:.1f}x it" if "floor_pct" in v else ""
+            if "pass_overhead_pct_mean" in v:
+                floor += f"; passes timed alone {v['pass_overhead_pct_mean']:.3f}%"
+                floor += f" = {v['pass_ratio_to_floor']:.1f}x the floor" if "pass_ratio_to_floor" in v else ""
             print(f"depth {depth:>6} {variant:12s}: overhead {v['overhead_pct_mean']:+.2f}%{std} "
-                  f"(min {v['overhead_pct_min']:+.2f}%, max {v['overhead_pct_max']:+.2f}%, {v['rounds']} rounds)")
+                  f"(min {v['overhead_pct_min']:+.2f}%, max {v['overhead_pct_max']:+.2f}%, {v['rounds']} rounds{floor})")
     print(f"decode_overhead: record in {paths.relative(out)}")
     return 0
 

@@ -7,11 +7,16 @@ build, sanitizers, and decode speed.
 
 Shapes: ``smollm2-135m`` is SmolLM2-135M's (30 layers, 576 wide, 9 query heads, 3 KV heads of 64, FFN 1536,
 vocabulary 49152, tied output), so the KV cache, the hook's passes and llama-bench's decode are those of the
-default model; ``tiny`` (2 layers, vocabulary 512) is for the dry run and the tests. The tokenizer is a byte-level
+default model; ``llama3-8b`` is Llama-3-8B's (32 layers, 4096 wide, 32 query heads, 8 KV heads of 128, FFN 14336,
+vocabulary 128256, its own output matrix; q4_0 or q8_0 only, about 4.3 GB in q4_0): the realistic shape of the
+decode-overhead benchmark (weights and KV bytes per token of an 8B model), its matrices written as random codes of
+the quantized type with one scale (quantizing 8e9 random floats with numpy would take long; the timing does not
+depend on the values); ``tiny`` (2 layers, vocabulary 512) is for the dry run and the tests. The tokenizer is a byte-level
 BPE (GPT-2 style: the 256 byte symbols, a few merges, padding to the vocabulary size), so any text tokenizes.
 
   scripts/gpu/write_model.py --out build/gpu-work/model-f32.gguf
   scripts/gpu/write_model.py --shape tiny --type f16 --out /tmp/tiny.gguf
+  scripts/gpu/write_model.py --shape llama3-8b --type q4_0 --out build/bench/llama3-8b-random-q4_0.gguf
 """
 
 from __future__ import annotations
@@ -26,9 +31,12 @@ import numpy as np
 SHAPES = {
     "smollm2-135m": {"n_layer": 30, "n_embd": 576, "n_head": 9, "n_head_kv": 3, "n_ff": 1536, "n_vocab": 49152,
                      "n_ctx_train": 8192, "rope_base": 100000.0},
+    "llama3-8b": {"n_layer": 32, "n_embd": 4096, "n_head": 32, "n_head_kv": 8, "n_ff": 14336, "n_vocab": 128256,
+                  "n_ctx_train": 8192, "rope_base": 500000.0, "tied": False, "codes": True},
     "tiny": {"n_layer": 2, "n_embd": 128, "n_head": 4, "n_head_kv": 2, "n_ff": 256, "n_vocab": 512,
              "n_ctx_train": 4096, "rope_base": 10000.0},
 }
+CODE_TYPES = ("q8_0", "q4_0")  # the types a shape with "codes" (random codes, one scale) is written in
 TYPES = ("f32", "f16", "q8_0", "q4_0", "q4_1")
 
 
@@ -70,6 +78,8 @@ def write(out: Path, shape: str = "smollm2-135m", wtype: str = "f32", seed: int 
     from gguf import quants
 
     s = SHAPES[shape]
+    if s.get("codes") and wtype not in CODE_TYPES:
+        raise ValueError(f"the {shape} shape is written in {' or '.join(CODE_TYPES)} only, not {wtype}")
     hd = s["n_embd"] // s["n_head"]
     rng = np.random.default_rng(seed)
     qtype = {"f32": gguf.GGMLQuantizationType.F32, "f16": gguf.GGMLQuantizationType.F16,
@@ -103,17 +113,30 @@ def write(out: Path, shape: str = "smollm2-135m", wtype: str = "f32", seed: int 
     w.add_eos_token_id(tokens.index("<|eos|>"))
     w.add_add_bos_token(False)
 
+    def codes(rows: int, cols: int, std: float) -> np.ndarray:
+        """A q8_0/q4_0 matrix of uniformly random codes and one scale d, so that the values' deviation is std:
+        blocks of 32 values as llama.cpp stores them (f16 d, then 32 int8 or 16 bytes of two 4-bit codes)."""
+        block, qbytes = (34, 32) if wtype == "q8_0" else (18, 16)
+        spread = np.sqrt(((256 if wtype == "q8_0" else 16) ** 2 - 1) / 12)  # deviation of a uniform code
+        raw = rng.integers(0, 256, size=(rows, cols // 32, block), dtype=np.uint8)
+        raw[:, :, : block - qbytes] = np.frombuffer(np.float16(std / spread).tobytes(), dtype=np.uint8)
+        return raw.reshape(rows, -1)
+
     def matrix(rows: int, cols: int, std: float) -> np.ndarray:
-        return (rng.standard_normal((rows, cols), dtype=np.float32) * std).astype(np.float32)
+        """A weight matrix as it is stored: seeded normal values, quantized to the weight type, or random codes."""
+        if s.get("codes"):
+            return codes(rows, cols, std)
+        x = (rng.standard_normal((rows, cols), dtype=np.float32) * std).astype(np.float32)
+        return x if qtype == gguf.GGMLQuantizationType.F32 else quants.quantize(x, qtype)
 
     def add(name: str, x: np.ndarray) -> None:
-        if x.ndim == 2 and qtype != gguf.GGMLQuantizationType.F32:
-            w.add_tensor(name, quants.quantize(x, qtype), raw_dtype=qtype)
-        else:
-            w.add_tensor(name, x)  # norms stay F32, as llama.cpp's own conversions keep them
+        # norms stay F32, as llama.cpp's own conversions keep them
+        w.add_tensor(name, x, raw_dtype=None if x.dtype == np.float32 else qtype)
 
     e, ff = s["n_embd"], s["n_ff"]
     add("token_embd.weight", matrix(s["n_vocab"], e, 0.02))
+    if not s.get("tied", True):
+        add("output.weight", matrix(s["n_vocab"], e, 0.02))
     add("output_norm.weight", np.ones(e, dtype=np.float32))
     for i in range(s["n_layer"]):
         add(f"blk.{i}.attn_norm.weight", np.ones(e, dtype=np.float32))
