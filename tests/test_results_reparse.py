@@ -60,7 +60,7 @@ def groups(kind: str) -> list[str]:
 
 
 def log_of(rec: dict) -> str:
-    return (paths.ROOT / rec["log"]).read_text(errors="replace")  # as tools.run read it
+    return decode_overhead.read_log(paths.ROOT / rec["log"])  # as tools.run read it (gunzipped where gzipped)
 
 
 def differences(want: dict, rec: dict) -> list[str]:

@@ -36,6 +36,7 @@ negative overhead being a speed-up (ratio_mean < 1).
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import statistics
 import sys
@@ -81,8 +82,21 @@ def bench_once(binary: Path, model: Path, depth: int, n_gen: int, threads: int, 
     except logparse.LogParseError:
         kv_cells = None  # a log without the line: no floor
     passes = [{"pos_max": p["pos_max"], "ms": p["ms"]} for p in logparse.elastickv_passes(text)]
+    # the raw log, gzipped: llama-bench -v repeats a line per decoded token (~240 KB per run, 11 KB compressed)
+    packed = log_path.with_name(log_path.name + ".gz")
+    with gzip.open(packed, "wt", encoding="utf-8", errors="replace") as f:
+        f.write(text)
+    log_path.unlink()
     return {"variant": variant, "env": hook, "command": cmd, "row": rows[0], "kv": kv_cells, "passes": passes,
-            "log": paths.relative(log_path)}
+            "log": paths.relative(packed)}
+
+
+def read_log(path: Path) -> str:
+    """A run's raw log as written (gzipped since the bytes floor was added)."""
+    if path.suffix == ".gz":
+        with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
+            return f.read()
+    return path.read_text(errors="replace")
 
 
 def pass_overhead(run: dict) -> tuple[float, int] | None:
