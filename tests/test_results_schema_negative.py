@@ -125,7 +125,7 @@ SPECIFIC = {
         ("kld_quantile-nan", ("metrics", "kld_quantiles", "Median"), NAN),
         ("hook-off-sparsity", ("metrics", "sparsity_k_all"), 0.3),
         ("hook-off-nominal", ("metrics", "nominal"), 1.5),
-        ("hook-off-stats", ("metrics", "stats"), "results/x.stats.jsonl.gz"),
+        ("hook-off-stats", ("metrics", "stats"), "results/x.stats.jsonl.xz"),
     ],
     "perplexity-elastickv-compare": [
         ("sparsity-above-1", ("metrics", "sparsity_k_all"), 1.5),

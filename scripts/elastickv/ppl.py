@@ -174,7 +174,8 @@ def run(name: str, s: PplSettings, out_dir: Path, kld: str | None = None, force:
     if hook_env.get("ELASTICKV") == "1":
         stats_path = out_dir / f"{name}.stats.jsonl"
         stats_path.unlink(missing_ok=True)  # records are appended by the hook
-        stats_path.with_name(stats_path.name + ".gz").unlink(missing_ok=True)
+        for ext in (".gz", ".xz"):
+            stats_path.with_name(stats_path.name + ext).unlink(missing_ok=True)
         hook_env["ELASTICKV_STATS"] = paths.relative(stats_path)
     resolved = envvars.resolve(hook_env)
 
