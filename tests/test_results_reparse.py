@@ -27,7 +27,7 @@ from functools import lru_cache
 
 import pytest
 
-from elastickv import logparse, paths, ppl, pypi, routing_suite, stats
+from elastickv import logparse, paths, ppl, pypi, routing_suite, stats, tools
 
 sys.path.insert(0, str(paths.ROOT / "scripts" / "eval"))
 import f5_niah  # noqa: E402
@@ -60,7 +60,8 @@ def groups(kind: str) -> list[str]:
 
 
 def log_of(rec: dict) -> str:
-    return decode_overhead.read_log(paths.ROOT / rec["log"])  # as tools.run read it (gunzipped where gzipped)
+    with tools.open_text(paths.ROOT / rec["log"], errors="replace") as f:  # as tools.run read it (compressed or not)
+        return f.read()
 
 
 def differences(want: dict, rec: dict) -> list[str]:

@@ -5,6 +5,8 @@ held (pure Python; the hook's own records are checked against its cache by the p
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from elastickv import stats
@@ -41,3 +43,24 @@ def test_cells_really_held_at_the_final_passes():
     assert s["union_kept_cells"] == pytest.approx((256 / 512 + 192 / 512) / 2)
     assert s["freed_cells"] == 128 + 128 + 128 + 64  # every pass
     assert s["max_used_cells"] == 256
+
+
+@pytest.mark.parametrize("name", ["run.stats.jsonl", "run.stats.jsonl.gz"])
+def test_compress_writes_xz_that_reads_back(tmp_path, name):
+    """stats.compress takes a plain (as the hook writes it) or gzipped (older archive) file to <run>.stats.jsonl.xz,
+    removes its input, and stats.read gives the same records from either."""
+    import gzip
+
+    lines = [{"record": "config", "mode": "full"}, {"record": "head", "pass": 1, "layer": 0, "tau": 0.25}]
+    text = "".join(json.dumps(r) + "\n" for r in lines)
+    src = tmp_path / name
+    if name.endswith(".gz"):
+        with gzip.open(src, "wt") as f:
+            f.write(text)
+    else:
+        src.write_text(text)
+    before = stats.read(src)
+    out = stats.compress(src)
+    assert out == tmp_path / "run.stats.jsonl.xz" and not src.exists()
+    assert out.read_bytes()[:6] == b"\xfd7zXZ\x00"
+    assert stats.read(out) == before == ([lines[0]], [lines[1]])

@@ -91,14 +91,6 @@ def bench_once(binary: Path, model: Path, depth: int, n_gen: int, threads: int, 
             "log": paths.relative(packed)}
 
 
-def read_log(path: Path) -> str:
-    """A run's raw log as written (gzipped since the bytes floor was added)."""
-    if path.suffix == ".gz":
-        with gzip.open(path, "rt", encoding="utf-8", errors="replace") as f:
-            return f.read()
-    return path.read_text(errors="replace")
-
-
 def pass_overhead(run: dict) -> tuple[float, int] | None:
     """(pass time / (generation time - pass time) in %, passes) over the passes of one hook-on run made during its
     timed generation (pos_max >= its depth); None without pass lines (the hook off, or an older record)."""
@@ -126,12 +118,11 @@ def summarize(runs: list[dict], depths: list[int], evict_every: int | None = Non
     bytes floor (from the first run at that depth) and each mode's overhead as a ratio to its floor."""
     out = {}
     for depth in depths:
-        per_round: dict[int, dict[str, float]] = {}
-        for r in runs:
-            if r["row"]["n_depth"] == depth:
-                per_round.setdefault(r["round"], {})[r["variant"]] = r["row"]["avg_ns"] / r["row"]["n_gen"]
-        entry = {"ns_per_token_off": [v["off"] for v in per_round.values()]}
         at_depth = [r for r in runs if r["row"]["n_depth"] == depth]
+        per_round: dict[int, dict[str, float]] = {}
+        for r in at_depth:
+            per_round.setdefault(r["round"], {})[r["variant"]] = r["row"]["avg_ns"] / r["row"]["n_gen"]
+        entry = {"ns_per_token_off": [v["off"] for v in per_round.values()]}
         floor = bytes_floor(at_depth[0]["row"], at_depth[0].get("kv"), depth, evict_every) \
             if evict_every and at_depth else None
         if floor:

@@ -15,7 +15,6 @@ or a quantized type raises.
 
 from __future__ import annotations
 
-import gzip
 import json
 import lzma
 import shutil
@@ -24,18 +23,13 @@ from pathlib import Path
 
 import numpy as np
 
-
-def _open(path: Path):
-    """A stats file for reading as text: xz-compressed (.xz, the archive's), gzipped (.gz, older copies) or plain."""
-    name = str(path)
-    opener = lzma.open if name.endswith(".xz") else gzip.open if name.endswith(".gz") else open
-    return opener(path, "rt")
+from . import tools
 
 
 def read(path: Path) -> tuple[list[dict], list[dict]]:
     """(config records, head records) of a stats file."""
     configs, heads = [], []
-    with _open(path) as f:
+    with tools.open_text(path) as f:  # xz (the archive's), gzip (older copies) or plain
         for line in f:
             line = line.strip()
             if not line:
@@ -57,7 +51,7 @@ def compress(path: Path) -> Path:
     base = path.with_suffix("") if path.suffix == ".gz" else path
     xz = base.with_name(base.name + ".xz")
     tmp = xz.with_name(xz.name + ".tmp")
-    with _open(path) as fin, lzma.open(tmp, "wt", preset=XZ_PRESET) as fout:
+    with tools.open_text(path) as fin, lzma.open(tmp, "wt", preset=XZ_PRESET) as fout:
         shutil.copyfileobj(fin, fout, 1 << 20)
     tmp.replace(xz)
     path.unlink()

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import gzip
+import lzma
 import os
 import resource
 import signal
@@ -11,6 +13,14 @@ import time
 from pathlib import Path
 
 from . import paths
+
+
+def open_text(path: Path, errors: str = "strict"):
+    """A kept output (raw log, stats file) for reading as text, by its compression suffix: xz (.xz), gzip (.gz) or
+    none; ``errors`` as for open (logs are read with "replace", as :func:`run` reads them)."""
+    name = str(path)
+    opener = lzma.open if name.endswith(".xz") else gzip.open if name.endswith(".gz") else open
+    return opener(path, "rt", encoding="utf-8", errors=errors)
 
 
 class ToolError(RuntimeError):

@@ -46,9 +46,11 @@ inline float kv_value(const char * p, int i) {
     }
 }
 
-// Bytes of a float type's value.
-template <ggml_type S>
-constexpr size_t KV_FLOAT_BYTES = S == GGML_TYPE_F32 ? 4 : 2;
+// Stored bits of a float type, and their magnitude mask.
+template <ggml_type T>
+using kv_bits_t = typename std::conditional<T == GGML_TYPE_F32, uint32_t, uint16_t>::type;
+template <ggml_type T>
+constexpr kv_bits_t<T> KV_MAG = T == GGML_TYPE_F32 ? (kv_bits_t<T>) 0x7FFFFFFFu : (kv_bits_t<T>) 0x7FFF;
 
 // Whether 8 stored values of S load as one 8-float register (kv_load8) on this build's instruction set.
 template <ggml_type S>
@@ -93,7 +95,7 @@ inline void kv_abs_sums(const char * const * x, int n, double * out) {
         }
         for (; i + LANES <= n; i += LANES) {
             for (int v = 0; v < K; ++v) {
-                const __m256 m = _mm256_and_ps(kv_load8<S>(x[v] + i*KV_FLOAT_BYTES<S>), mag);
+                const __m256 m = _mm256_and_ps(kv_load8<S>(x[v] + i*sizeof(kv_bits_t<S>)), mag);
                 lo[v] = _mm256_add_pd(lo[v], _mm256_cvtps_pd(_mm256_castps256_ps128(m)));
                 hi[v] = _mm256_add_pd(hi[v], _mm256_cvtps_pd(_mm256_extractf128_ps(m, 1)));
             }
@@ -243,23 +245,23 @@ inline int kv_qblock_zero(char * blk, uint32_t tb) {
     return nnz;
 }
 
-// Stored bits of a float type, and their magnitude mask.
+// Zeroes one stored float value if |x| < tau (its magnitude bits < tb; a stored zero stays as it is) and returns 1 if
+// it is non-zero after. The store is unconditional, so that the loops calling it vectorize.
 template <ggml_type T>
-using kv_bits_t = typename std::conditional<T == GGML_TYPE_F32, uint32_t, uint16_t>::type;
-template <ggml_type T>
-constexpr kv_bits_t<T> KV_MAG = T == GGML_TYPE_F32 ? (kv_bits_t<T>) 0x7FFFFFFFu : (kv_bits_t<T>) 0x7FFF;
+inline int kv_float_zero1(kv_bits_t<T> & q, uint32_t tb) {
+    const uint32_t m = q & KV_MAG<T>;
+    const bool below = m < tb;
+    q = below && m != 0 ? (kv_bits_t<T>) 0 : q;
+    return !below && m != 0;
+}
 
-// Zeroes |x| < tau (as magnitude bits < tb) of n contiguous float values (stored zeros stay as they are) and returns
-// the non-zeros after; the store is unconditional, so that the loop vectorizes.
+// kv_float_zero1 over n contiguous float values; returns the non-zeros after.
 template <ggml_type T>
 inline int kv_float_zero(char * base, int n, uint32_t tb) {
     kv_bits_t<T> * q = (kv_bits_t<T> *) base;
     int nnz = 0;
     for (int i = 0; i < n; ++i) {
-        const uint32_t m = q[i] & KV_MAG<T>;
-        const bool below = m < tb;
-        q[i] = below && m != 0 ? (kv_bits_t<T>) 0 : q[i];
-        nnz += !below && m != 0;
+        nnz += kv_float_zero1<T>(q[i], tb);
     }
     return nnz;
 }
@@ -327,16 +329,13 @@ inline void kv_trans_abs_add(const char * src, int n, double * acc) {
     }
 }
 
-// Transposed layout, one row of a run of n consecutive cells: zeroes the values whose magnitude bits are below the
-// cell's tb[i] and adds each cell's survivors to nnz[i].
+// Transposed layout, one row of a run of n consecutive cells: kv_float_zero1 of each cell's value against the cell's
+// tb[i], its survivor added to nnz[i].
 template <ggml_type T>
 inline void kv_trans_zero(char * dst, int n, const uint32_t * tb, uint8_t * nnz) {
     kv_bits_t<T> * q = (kv_bits_t<T> *) dst;
     for (int i = 0; i < n; ++i) {
-        const uint32_t m = q[i] & KV_MAG<T>;
-        const bool below = m < tb[i];
-        q[i] = below && m != 0 ? (kv_bits_t<T>) 0 : q[i];
-        nnz[i] += !below && m != 0;
+        nnz[i] += kv_float_zero1<T>(q[i], tb[i]);
     }
 }
 
