@@ -54,9 +54,14 @@ def random_cache(rng: np.random.Generator, type_name: str, n_rows: int, n_values
     return raw.reshape(n_rows, -1)
 
 
-def random_cells(rng: np.random.Generator, n_cells: int, n_group: int) -> np.ndarray:
-    """A shuffled list over ~85% of the cells (the rest are "empty"): sinks observed only, a few skipped."""
-    present = rng.permutation(n_cells)[: int(n_cells * 0.85)]
+def random_cells(rng: np.random.Generator, n_cells: int, n_group: int, ordered: bool = False) -> np.ndarray:
+    """A shuffled list over ~85% of the cells (the rest are "empty"): sinks observed only, a few skipped.
+    ordered: the hook's order instead (cells ascending, ~97% present), so that the list holds runs of consecutive
+    cells, some longer than the kernels' whole-line SIMD runs (32 cells)."""
+    if ordered:
+        present = np.flatnonzero(rng.random(n_cells) >= 0.03)
+    else:
+        present = rng.permutation(n_cells)[: int(n_cells * 0.85)]
     codes = []
     for i, c in enumerate(present):
         g = int(rng.integers(n_group))
@@ -71,7 +76,8 @@ def random_cells(rng: np.random.Generator, n_cells: int, n_group: int) -> np.nda
     return np.array(codes, dtype=np.int32)
 
 
-def make_inputs(seed: int, type_name: str, n_head: int, head_dim: int, n_cells: int, n_group: int, trans: bool):
+def make_inputs(seed: int, type_name: str, n_head: int, head_dim: int, n_cells: int, n_group: int, trans: bool,
+                ordered: bool = False):
     rng = np.random.default_rng(seed)
     n_embd = n_head * head_dim
     if trans:
@@ -80,7 +86,7 @@ def make_inputs(seed: int, type_name: str, n_head: int, head_dim: int, n_cells: 
     else:
         raw = random_cache(rng, type_name, n_cells, n_embd)
         n_values = n_embd
-    cells = random_cells(rng, n_cells, n_group)
+    cells = random_cells(rng, n_cells, n_group, ordered)
     state = np.zeros((n_group, n_head, ref.NSTATE))
     state[:, :, ref.S] = rng.random((n_group, n_head)) * 500
     state[:, :, ref.N] = 1000.0
@@ -117,6 +123,25 @@ def test_cpu_op_equals_reference(ggml_cpu, case, incremental):
     other = np.setdiff1d(np.arange(n_cells), proc_cells)
     changed_cells = changed.T if trans else changed
     assert not changed_cells[other].any(), "a sink, skipped or empty cell was modified"
+
+
+ORDERED_CASES = [(t, 2, hd, 300, 2, trans) for t in ("f16", "bf16", "f32") for hd in (64, 80) for trans in (False, True)]
+ORDERED_CASES += [(t, 2, 64, 300, 2, False) for t in ("q8_0", "q4_0")]
+
+
+@pytest.mark.parametrize("incremental", [False, True], ids=["full", "incremental"])
+@pytest.mark.parametrize("case", ORDERED_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_cpu_op_equals_reference_on_ordered_lists(ggml_cpu, case, incremental):
+    """Lists in cell order, as the hook builds them: runs of consecutive cells (the transposed layout's kernels
+    read whole lines of 32 cells through all rows) broken by empty, skipped and sink cells."""
+    type_name, n_head, head_dim, n_cells, n_group, trans = case
+    raw, n_values, cells, state = make_inputs(13, *case, ordered=True)
+    run = np.diff(cells[cells[:, 1] >= 0, 0]) == 1
+    assert np.convolve(run, np.ones(32, int), "valid").max() == 32, "the case must hold a run of 33+ cells"
+    want = ref.kv_sparsify(raw, type_name, cells, state, 0.45, trans=trans, incremental=incremental)
+    got_raw, got_state = ggml_cpu.kv_sparsify(raw, type_name, n_values, cells, state, 0.45, trans, incremental)
+    assert_same_pass(got_raw, got_state, want, type_name, trans, n_head)
+    assert (ref.decode(raw, type_name) != ref.decode(got_raw, type_name)).any()
 
 
 @pytest.mark.parametrize("n_threads", [1, 2, 3])

@@ -16,8 +16,9 @@
 //   4. per (group, head): the threads' counters are added into the state.
 // A cell's |x| are summed in 8 double lanes (lane j takes values j, j+8, ...; the lanes are then added pairwise),
 // a fixed order that any compiler keeps without -ffast-math, so the sums are the same on every x86-64 CPU; the row
-// layout sums 4 cells side by side (independent chains), the transposed layout sums a run of consecutive cells of
-// one row at once (lane = cell; each cell's sum runs over its rows in order).
+// layout sums 4 cells side by side (8 with AVX-512; independent chains), the transposed layout a run of consecutive
+// cells over 8 rows at a time (lane = cell, the cells' sums held in registers through the 8 rows; each cell's sum
+// runs over its rows in order). A cell's sums are added into its (chunk, group, head) slot in list order.
 // Values are thresholded on their magnitude bits: for non-negative values the order of the bits is the order of the
 // values, so |x| < tau is an integer compare against ggml_kv_sparsify_tau_bits (the CUDA kernel uses the same),
 // which vectorizes and is exact (subnormals included).
@@ -102,8 +103,19 @@ void kv_stat_task(const kv_job & job, int c, int h0, int h1) {
             std::fill(acc, acc + (e1 - e0), 0.0);
             kv_for_runs(job, e0, e1, [&](int e, int32_t cell, int len) {
                 const char * src = (const char *) a->data + (int64_t) h*hd*a->nb[1] + (int64_t) cell*a->nb[0];
-                for (int j = 0; j < hd; ++j) {
-                    kv_trans_abs_add<T>(src + (int64_t) j*a->nb[1], len, acc + (e - e0));
+                double * acc_run = acc + (e - e0);
+                for (int j0 = 0; j0 < hd; j0 += KV_TRANS_ROWS) {
+                    const int nr = std::min(KV_TRANS_ROWS, hd - j0);
+                    const char * rows = src + (int64_t) j0*a->nb[1];
+                    int i = 0;
+#if defined(KV_TRANS_SIMD)
+                    if constexpr (T != GGML_TYPE_F32) {
+                        i = kv_trans_abs_add_rows<T>(rows, a->nb[1], nr, len, acc_run);
+                    }
+#endif
+                    for (int j = 0; j < nr && i < len; ++j) {
+                        kv_trans_abs_add<T>(rows + (int64_t) j*a->nb[1] + (int64_t) i*a->nb[0], len - i, acc_run + i);
+                    }
                 }
             });
             for (int e = e0; e < e1; ++e) {
@@ -149,10 +161,19 @@ void kv_stat_task(const kv_job & job, int c, int h0, int h1) {
                         kv_abs_sums<1, S>(xs + v, hd, sum + v);
                     }
                 }
-                for (int v = 0; v < nb; ++v) {
-                    double * s = job.slot(c, job.list[2*batch[v] + 1] & GGML_KV_SPARSIFY_GROUP_MASK, h);
-                    s[0] += sum[v];
-                    s[1] += hd;
+                // added in list order; a run of cells of one group in a register (a memory round trip per cell
+                // would chain the additions through store forwarding)
+                for (int v = 0; v < nb;) {
+                    const int g = job.list[2*batch[v] + 1] & GGML_KV_SPARSIFY_GROUP_MASK;
+                    double * s = job.slot(c, g, h);
+                    double acc = s[0];
+                    int w = v;
+                    for (; w < nb && (job.list[2*batch[w] + 1] & GGML_KV_SPARSIFY_GROUP_MASK) == g; ++w) {
+                        acc += sum[w];
+                    }
+                    s[0] = acc;
+                    s[1] += (double) (w - v)*hd;
+                    v = w;
                 }
             }
             nb = 0;
@@ -210,8 +231,21 @@ void kv_zero_task(const kv_job & job, int ith, int c, int h0, int h1) {
             }
             kv_for_runs(job, e0, e1, [&](int e, int32_t cell, int len) {
                 char * dst = (char *) a->data + (int64_t) h*hd*a->nb[1] + (int64_t) cell*a->nb[0];
-                for (int j = 0; j < hd; ++j) {
-                    kv_trans_zero<T>(dst + (int64_t) j*a->nb[1], len, tb + (e - e0), nnz[j/BLOCK] + (e - e0));
+                // rows in groups of at most KV_TRANS_ROWS that never straddle a 32-row block (one counter each)
+                for (int j0 = 0; j0 < hd;) {
+                    const int nr = std::min({KV_TRANS_ROWS, hd - j0, BLOCK - j0 % BLOCK});
+                    char * rows = dst + (int64_t) j0*a->nb[1];
+                    uint8_t * cnt = nnz[j0/BLOCK] + (e - e0);
+                    int i = 0;
+#if defined(KV_TRANS_SIMD)
+                    if constexpr (T != GGML_TYPE_F32) {
+                        i = kv_trans_zero_rows<T>(rows, a->nb[1], nr, len, tb + (e - e0), cnt);
+                    }
+#endif
+                    for (int j = 0; j < nr && i < len; ++j) {
+                        kv_trans_zero<T>(rows + (int64_t) j*a->nb[1] + (int64_t) i*a->nb[0], len - i, tb + (e - e0) + i, cnt + i);
+                    }
+                    j0 += nr;
                 }
             });
             for (int e = e0; e < e1; ++e) {
