@@ -11,6 +11,7 @@ import shutil
 import subprocess
 import sys
 import uuid
+from pathlib import Path
 
 import pytest
 import yaml
@@ -274,6 +275,51 @@ def test_grid_aggregate(grid):
         assert d["grid"][row] == [[rec["metrics"]["correct"]]]
         assert d["scores"][row]["correct"] == int(rec["metrics"]["correct"]) and d["scores"][row]["total"] == 1
     assert len(agg["sources"]) == 2
+
+
+@pytest.fixture(scope="module")
+def cli_grid(tmp_path_factory):
+    g = Grid(tmp_path_factory.mktemp("niah-cli"))
+    g.first = g.run("--runner", "cli")
+    yield g
+    g.cleanup()
+
+
+@pytest.mark.slow
+def test_llama_cli_runner_gives_the_same_cells(grid, cli_grid):
+    """f5_niah.py --runner cli: llama-cli (single turn, non-interactive, the model's chat template; the hook on in
+    the elastickv row) answers each cell as llama-completion does: the same prompt tokens, the hook's passes at the
+    same positions with the same sparsity, the same answer."""
+    assert cli_grid.first.returncode == 0, cli_grid.first.stderr[-2000:]
+    for row in ("baseline", "elastickv"):
+        cli, comp = cli_grid.record(row), grid.record(row)
+        results.validate(cli)
+        assert cli["settings"]["runner"] == "cli" and "runner" not in comp["settings"]
+        assert Path(cli["command"][0]).name == "llama-cli" and "-st" in cli["command"] and "--jinja" in cli["command"]
+        transcript = (paths.ROOT / cli["transcript"]).read_text()
+        assert transcript.startswith("User:\n" + niah.DEFAULTS["instruction"][:40])
+        m, n = cli["metrics"], comp["metrics"]
+        for key in ("prompt_tokens", "prompt_sha256", "needle_tokens", "stop", "correct", "passes",
+                    "passes_before_answer", "sparsity_k_all", "sparsity_v_all", "kv_mib", "flash_attn"):
+            assert m[key] == n[key], (row, key, m[key], n[key])
+        assert m["generated"].strip() == n["generated"].strip()
+        assert m["generated"].strip() and m["generated"] in transcript
+        assert m["prompt_eval_tokens"] >= m["prompt_tokens"] - 1
+        if row == "elastickv":
+            assert m["pass_pos_max"] == n["pass_pos_max"] and m["at_answer"] == n["at_answer"]
+            assert m["haystack_covered_before_answer"] == 1.0
+            assert "elastickv: ELASTICKV=1 mode=full preset=sweet" in (paths.ROOT / cli["log"]).read_text()
+    agg = json.loads((paths.ROOT / cli_grid.runs_dir / "smollm2-135m.json").read_text())
+    results.validate_aggregate(agg)
+    assert agg["config"]["runner"] == "cli"
+    assert "runner" not in json.loads((paths.ROOT / grid.runs_dir / "smollm2-135m.json").read_text())["config"]
+
+
+def test_unknown_runner_is_refused(tmp_path):
+    bad = subprocess.run([sys.executable, str(paths.ROOT / niah.SCRIPT), "--set", "runner=server"],
+                         cwd=paths.ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1 and "runner 'server'" in bad.stderr and "cli, completion" in bad.stderr
+    assert "Traceback" not in bad.stderr
 
 
 @pytest.mark.slow

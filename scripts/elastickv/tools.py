@@ -56,7 +56,9 @@ def run_measured(cmd: list[str], log_path: Path, hook_env: dict[str, str] | None
     log_path.parent.mkdir(parents=True, exist_ok=True)
     _reset_peak_rss()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, cwd=paths.ROOT, env=clean_env(hook_env), stdout=log, stderr=subprocess.STDOUT)
+        # no stdin: a tool that would wait for input (an interactive llama-cli) reads end-of-file instead
+        proc = subprocess.Popen(cmd, cwd=paths.ROOT, env=clean_env(hook_env), stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT)
         try:
             status, rusage = _wait4(proc, timeout)
         except BaseException:  # as subprocess.run: no child outlives an interrupt

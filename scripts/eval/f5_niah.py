@@ -36,6 +36,14 @@ Scoring (exact match): the generated text is NFKC-normalised, digit-group separa
 (comma, period, apostrophe, underscore, hyphen, any whitespace) are removed, and the answer is correct when
 one maximal run of digits equals the needle's number ("7,319,204" and "7 319 204" count; "73192041" does not).
 
+Runner (`runner`, or --runner): llama-completion (default), or llama-cli, the chat tool users run, single turn
+and non-interactive (-st with the prompt from -f; it serves the turn through llama.cpp's server code in-process,
+which applies the same chat template, --jinja). Both decode the prompt with -b = -ub = EVICT_EVERY, greedy, with
+the same seed, so a cell's tokens, passes and answer are the same. llama-cli's answer is read from its transcript
+(-o, kept beside the log as <cell>.transcript.txt), its prompt length and timings from its server slot's log lines,
+and the stop reason from the number of tokens it generated (n_predict reached, else an end-of-turn token). Records
+of the llama-cli runner carry settings.runner = "cli"; the default runner is left out of records and aggregates.
+
 Runs use -t threads with OMP_WAIT_POLICY=omp_wait_policy (passive: no busy-waiting threads on shared
 cores, several times faster there; outputs are the same). Every run writes
 <runs_dir>/<model>/c<L>-d<depth %>-<row>.json (its record) and .log (the raw log); the ELASTICKV_STATS
@@ -45,6 +53,7 @@ or grid made with other settings is refused unless --force (which replaces it).
 
 Examples:
   scripts/eval/f5_niah.py
+  scripts/eval/f5_niah.py --runner cli --set runs_dir=build/run/niah-cli
   scripts/eval/f5_niah.py --set models=[qwen2.5-coder-0.5b]
   scripts/eval/f5_niah.py --set 'lengths={smollm2-135m: [512]}' --set depths=[0.5]
 
@@ -98,7 +107,9 @@ DEFAULTS = {
                "Windhoek", "Yerevan", "Zanzibar", "Antwerp", "Bruges", "Cordoba", "Dublin"],
     "rows": [{"name": "baseline"}, {"name": "elastickv", "preset": "sweet"}],
     "runs_dir": "results/niah",
+    "runner": "completion",
 }
+RUNNERS = {"completion": "llama-completion", "cli": "llama-cli"}  # runner -> the llama.cpp tool answering a cell
 
 HOOK_KEYS = envvars.ROW_KEYS
 CACHE = paths.CACHE / "niah"
@@ -428,6 +439,7 @@ def cell_settings(cfg: dict, model: str, length: int, depth: float, row: dict, h
         "haystack": cfg["haystack_dir"], "haystack_sha256sums": haystack_sha,
         **{k: cfg[k] for k in ("length_tolerance", "seed", "n_predict", "evict_every", "flash_attn", "threads",
                                "variant", "instruction", "needle", "question", "cities")},
+        **({"runner": cfg["runner"]} if cfg["runner"] != "completion" else {}),
     }
 
 
@@ -456,6 +468,26 @@ def parse_generation(log: str) -> tuple[int, str, str]:
     if out.endswith(" [end of text]"):
         return int(m.group(1)), out[:-len(" [end of text]")], "eog"
     return int(m.group(1)), out, "n_predict"
+
+
+def parse_cli(log: str, transcript: str, n_predict: int) -> tuple[int, str, str, dict]:
+    """(prompt tokens, generated text, stop reason, timings) of a llama-cli run: the prompt length and timings
+    from its server slot's log lines (-lv 4), the answer from its transcript (-o: "User:\n...\n\nAssistant:\n"
+    the answer, a newline added if it had none, then a blank line; one trailing newline of the answer is lost)."""
+    m = re.search(r"new prompt, .*task\.n_tokens = (\d+)", log)
+    pe = re.search(r"prompt eval time =\s*([\d.]+) ms /\s*(\d+) tokens", log)
+    ev = re.search(r"\|\s+eval time =\s*([\d.]+) ms /\s*(\d+) tokens", log)
+    if not (m and pe and ev):
+        raise logparse.LogParseError("no `new prompt ... task.n_tokens = N` / `prompt eval time` / `eval time` lines "
+                                     "of llama-cli's server slot in the log (-lv 4)")
+    if "\nAssistant:\n" not in "\n" + transcript or not transcript.endswith("\n\n"):
+        raise logparse.LogParseError("llama-cli's transcript has no complete `Assistant:` turn")
+    answer = transcript[transcript.rindex("Assistant:\n") + len("Assistant:\n"):][:-1]
+    answer = answer[:-1] if answer.endswith("\n") else answer
+    n_gen = int(ev.group(2))
+    timing = {"prompt_eval_ms": float(pe.group(1)), "prompt_eval_tokens": int(pe.group(2)),
+              "eval_ms": float(ev.group(1)), "eval_runs": n_gen}
+    return int(m.group(1)), answer, "n_predict" if n_gen >= n_predict else "eog", timing
 
 
 def perf(log: str) -> dict:
@@ -503,10 +535,13 @@ def hook_metrics(stats_path: Path, prompt: Prompt, n_prompt: int, resolved: dict
 
 
 def run_cell(cfg: dict, model: str, prompt: Prompt, row: dict, settings: dict, out_dir: Path) -> dict:
-    """One llama-completion run of a cell; writes and returns its record (kind "niah" of run.schema.json)."""
+    """One run of a cell by the configured runner (llama-completion or llama-cli); writes and returns its record
+    (kind "niah" of run.schema.json)."""
     name = cell_name(prompt.length, prompt.depth, row["name"])
     model_path = models.fetch(model)
-    binary = tools.require_binary(paths.binary("llama-completion", variant=cfg["variant"]))
+    runner = cfg["runner"]
+    tool = RUNNERS[runner]
+    binary = tools.require_binary(paths.binary(tool, variant=cfg["variant"]))
     cache_dir = CACHE / "runs" / re.sub(r"[^\w.-]+", "_", cfg["runs_dir"].strip("/")) / model
     prompt_path = cache_dir / "prompts" / f"c{prompt.length}-d{100 * prompt.depth:g}.txt"
     prompt_path.parent.mkdir(parents=True, exist_ok=True)
@@ -521,12 +556,24 @@ def run_cell(cfg: dict, model: str, prompt: Prompt, row: dict, settings: dict, o
     resolved = envvars.resolve(env)
     e = cfg["evict_every"]
     ctx = cell_ctx(cfg, prompt.length)
-    cmd = [paths.relative(binary), "-m", paths.relative(model_path), "-f", paths.relative(prompt_path),
-           "-cnv", "-st", "--jinja", "--no-display-prompt", "--no-escape", "--no-warmup", "--keep", "-1",
-           "-n", str(cfg["n_predict"]), "--temp", "0", "--seed", str(cfg["seed"]), "-c", str(ctx),
-           "-b", str(e), "-ub", str(e), "-t", str(cfg["threads"]), "-fa", cfg["flash_attn"], "-lv", "4",
-           "-ctk", settings.get("cache", "f16"), "-ctv", settings.get("cache", "f16")]
     log_path = out_dir / f"{name}.log"
+    transcript_path = out_dir / f"{name}.transcript.txt"
+    if runner == "completion":
+        cmd = [paths.relative(binary), "-m", paths.relative(model_path), "-f", paths.relative(prompt_path),
+               "-cnv", "-st", "--jinja", "--no-display-prompt", "--no-escape", "--no-warmup", "--keep", "-1",
+               "-n", str(cfg["n_predict"]), "--temp", "0", "--seed", str(cfg["seed"]), "-c", str(ctx),
+               "-b", str(e), "-ub", str(e), "-t", str(cfg["threads"]), "-fa", cfg["flash_attn"], "-lv", "4",
+               "-ctk", settings.get("cache", "f16"), "-ctv", settings.get("cache", "f16")]
+    else:
+        # single turn from -f, no colours, no prompt cache across turns, parameters as given (-fit off), the
+        # transcript to -o (it is appended to: removed first)
+        transcript_path.unlink(missing_ok=True)
+        cmd = [paths.relative(binary), "-m", paths.relative(model_path), "-f", paths.relative(prompt_path),
+               "-st", "--jinja", "--no-display-prompt", "--no-escape", "--no-warmup", "-co", "off", "-cram", "0",
+               "-fit", "off", "-np", "1", "-o", paths.relative(transcript_path),
+               "-n", str(cfg["n_predict"]), "--temp", "0", "--seed", str(cfg["seed"]), "-c", str(ctx),
+               "-b", str(e), "-ub", str(e), "-t", str(cfg["threads"]), "-fa", cfg["flash_attn"], "-lv", "4",
+               "-ctk", settings.get("cache", "f16"), "-ctv", settings.get("cache", "f16")]
     proc_env = dict(env)
     if cfg["omp_wait_policy"]:
         proc_env["OMP_WAIT_POLICY"] = str(cfg["omp_wait_policy"]).upper()
@@ -534,13 +581,19 @@ def run_cell(cfg: dict, model: str, prompt: Prompt, row: dict, settings: dict, o
     t0 = time.time()
     _, log = tools.run(cmd, log_path, proc_env)
     wall = time.time() - t0
-    n_prompt, generated, stop = parse_generation(log)
-    timing = perf(log)
+    if runner == "completion":
+        n_prompt, generated, stop = parse_generation(log)
+        timing = perf(log)
+    else:
+        if not transcript_path.exists():
+            raise NiahError(f"{name}: llama-cli wrote no transcript ({paths.relative(transcript_path)}); "
+                            f"log: {paths.relative(log_path)}")
+        n_prompt, generated, stop, timing = parse_cli(log, transcript_path.read_text(), cfg["n_predict"])
     if (timing["prompt_eval_tokens"] or 0) < n_prompt - 1:  # a last batch of 1 token counts as "eval"
-        raise NiahError(f"{name}: llama-completion evaluated {timing['prompt_eval_tokens']} of the {n_prompt} "
+        raise NiahError(f"{name}: {tool} evaluated {timing['prompt_eval_tokens']} of the {n_prompt} "
                         f"prompt tokens before it stopped; log: {paths.relative(log_path)}")
     if n_prompt != prompt.n_tokens:
-        raise NiahError(f"{name}: llama-completion tokenized the prompt to {n_prompt} tokens, the driver counted "
+        raise NiahError(f"{name}: {tool} tokenized the prompt to {n_prompt} tokens, the driver counted "
                         f"{prompt.n_tokens} (chat template changed?); log: {paths.relative(log_path)}")
     kv = logparse.kv_cache(log)
     metrics = {
@@ -575,6 +628,7 @@ def run_cell(cfg: dict, model: str, prompt: Prompt, row: dict, settings: dict, o
         "model": {"name": model, "file": paths.relative(paths.MODELS / m["file"]), "sha256": m["sha256"]},
         "data": {"file": paths.relative(sums), "sha256": pypi.sha256_of(sums)},
         "device": results.device_info(), "metrics": metrics, "log": paths.relative(log_path),
+        **({"transcript": paths.relative(transcript_path)} if runner == "cli" else {}),
     }
     results.validate(rec)
     results.write_json_atomic(out_dir / f"{name}.json", rec)
@@ -668,6 +722,8 @@ def run_model(cfg: dict, model: str, force: bool = False) -> dict:
              "all cells of the final cache, sinks included; at_answer: after the last pass before the answer. "
              "Zeroing in a dense cache saves no resident memory.")
     cfg_m = dict(cfg, models=[model], lengths={model: lengths})
+    if cfg_m["runner"] == "completion":
+        del cfg_m["runner"]  # the default: aggregates written before runners existed stay valid
     agg = results.aggregate(cfg["artifact"], SCRIPT, cfg_m, data, sources, notes)
     results.write_aggregate(paths.ROOT / cfg["runs_dir"] / f"{model}.json", agg, force=force)
     return agg
@@ -687,9 +743,13 @@ def markdown(agg: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     config.add_arguments(ap, "table3_niah")
+    ap.add_argument("--runner", choices=sorted(RUNNERS),
+                    help="the llama.cpp tool that answers the cells (default: the config's runner, completion)")
     args = ap.parse_args(argv)
     try:
-        cfg = config.load(args.config, DEFAULTS, args.overrides)
+        cfg = config.load(args.config, DEFAULTS, args.overrides + ([f"runner={args.runner}"] if args.runner else []))
+        if cfg["runner"] not in RUNNERS:
+            raise config.ConfigError(f"runner {cfg['runner']!r}: one of {', '.join(sorted(RUNNERS))}")
         for model in cfg["models"]:
             models.entry(model)  # unknown names fail before anything runs
         aggs = [run_model(cfg, model, force=args.force) for model in cfg["models"]]
