@@ -18,6 +18,10 @@ BAD_ENV = [
     (ON | {"ELASTICKV_SCALE_V": "nan"}, "ELASTICKV_SCALE_V='nan' is not a finite number"),
     (ON | {"ELASTICKV_SCALE_V": "inf"}, "ELASTICKV_SCALE_V='inf' is not a finite number"),
     (ON | {"ELASTICKV_SCALE_V": ""}, "ELASTICKV_SCALE_V='' is not a number"),
+    # the numbers' grammar (decimal only; found by tests/test_fuzz_env.py): no hex, spaces or underscores
+    (ON | {"ELASTICKV_SCALE_K": "0x10"}, "ELASTICKV_SCALE_K='0x10' is not a number"),
+    (ON | {"ELASTICKV_SCALE_K": "1_0"}, "ELASTICKV_SCALE_K='1_0' is not a number"),
+    (ON | {"ELASTICKV_SINK": " 8"}, "ELASTICKV_SINK=' 8' is not an integer"),
     (ON | {"ELASTICKV_SINK": "100000"}, "ELASTICKV_SINK='100000' is larger than the context (512 tokens per sequence)"),
     (ON | {"ELASTICKV_SINK": "-1"}, "ELASTICKV_SINK='-1' is out of range; accepted: an integer in [0, context size]"),
     (ON | {"ELASTICKV_WARM": "4096"}, "ELASTICKV_WARM='4096' is larger than the context"),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .policies.common import budget_cells, parse_budget
+from .policies.common import budget_cells, decimal_float, decimal_int, parse_budget
 
 
 @dataclass(frozen=True)
@@ -106,7 +106,7 @@ def resolve(env: dict[str, str]) -> dict:
     def integer(name: str, lo: int, hi: int) -> int:
         s = get(name)
         try:
-            v = int(s, 10)
+            v = decimal_int(s)
         except ValueError:
             _fail(name, s, "is not an integer")
         if not lo <= v <= hi:
@@ -118,7 +118,7 @@ def resolve(env: dict[str, str]) -> dict:
             return default
         s = env[name]
         try:
-            v = float(s)
+            v = decimal_float(s)
         except ValueError:
             _fail(name, s, "is not a number")
         if math.isnan(v) or math.isinf(v):
@@ -128,6 +128,12 @@ def resolve(env: dict[str, str]) -> dict:
         if v > 100:
             _fail(name, s, "is out of range")
         return v
+
+    def path(name: str) -> str | None:
+        # whether it can be opened (a file to append to, a directory to create) only the hook sees
+        if env.get(name) == "":
+            _fail(name, "", "is empty")
+        return env.get(name)
 
     preset = get("ELASTICKV_PRESET")
     if preset != "none" and preset not in PRESETS:
@@ -151,8 +157,8 @@ def resolve(env: dict[str, str]) -> dict:
         "head_dim": "auto" if head_dim == "auto" else integer("ELASTICKV_HEAD_DIM", 1, 65536),
         "verbose": integer("ELASTICKV_VERBOSE", 0, 2),
         "mode": mode,
-        "stats": env.get("ELASTICKV_STATS"),
-        "dump": env.get("ELASTICKV_DUMP"),
+        "stats": path("ELASTICKV_STATS"),
+        "dump": path("ELASTICKV_DUMP"),
         "kv_cells": integer("ELASTICKV_KV_CELLS", 0, 2**31 - 1),
     }
 
@@ -204,7 +210,7 @@ def _resolve_policy(env: dict[str, str]) -> dict:
         if name not in env:
             return default
         try:
-            v = float(env[name])
+            v = decimal_float(env[name])
         except ValueError:
             _fail(name, env[name], "is not a finite number")
         if math.isnan(v) or math.isinf(v):
@@ -217,7 +223,7 @@ def _resolve_policy(env: dict[str, str]) -> dict:
         if name not in env:
             return default
         try:
-            v = int(env[name], 10)
+            v = decimal_int(env[name])
         except ValueError:
             _fail(name, env[name], "is not an integer")
         if not lo <= v <= hi:

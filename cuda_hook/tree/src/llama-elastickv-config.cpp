@@ -4,6 +4,8 @@
 // What the rest of the hook uses from here is declared in llama-elastickv-internal.h.
 #include "llama-elastickv-internal.h"
 
+#include <algorithm>
+#include <cctype>
 #include <cerrno>
 #include <cmath>
 #include <cstdint>
@@ -85,11 +87,27 @@ const char * ekv_getenv(const char * name) {
     return getenv(name);
 }
 
+// Whether s is written as the variable table's numbers are: decimal digits, sign, point and exponent only (strtod
+// would also take leading spaces and hex), or one of inf, infinity, nan (refused later as not finite). The Python
+// mirror (envvars.py, decimal_float / decimal_int) reads the same grammar.
+bool ekv_plain_number(const char * s, bool integer) {
+    if (!integer) {
+        std::string w(s);
+        std::transform(w.begin(), w.end(), w.begin(), [](unsigned char c) { return (char) std::tolower(c); });
+        const size_t sign = !w.empty() && (w[0] == '+' || w[0] == '-');
+        const std::string word = w.substr(sign);
+        if (word == "inf" || word == "infinity" || word == "nan") {
+            return true;
+        }
+    }
+    return *s != '\0' && strspn(s, integer ? "0123456789+-" : "0123456789+-.eE") == strlen(s);
+}
+
 int64_t ekv_parse_int(const char * name, const char * s, int64_t lo, int64_t hi) {
     errno = 0;
     char * end = nullptr;
     const long long v = strtoll(s, &end, 10);
-    if (*s == '\0' || end == s || *end != '\0' || errno == ERANGE) {
+    if (*s == '\0' || !ekv_plain_number(s, true) || end == s || *end != '\0' || errno == ERANGE) {
         llama_elastickv_fail(name, s, "is not an integer");
     }
     if (v < lo || v > hi) {
@@ -102,7 +120,8 @@ float ekv_parse_scale(const char * name, const char * s) {
     errno = 0;
     char * end = nullptr;
     const float v = strtof(s, &end);
-    if (*s == '\0' || end == s || *end != '\0' || errno == ERANGE) {
+    // ERANGE: an underflow reads as 0 (in range), an overflow as infinity (refused below)
+    if (*s == '\0' || !ekv_plain_number(s, false) || end == s || *end != '\0') {
         llama_elastickv_fail(name, s, "is not a number");
     }
     if (std::isnan(v) || std::isinf(v)) {
@@ -150,7 +169,7 @@ double ekv_parse_number(const char * name, const char * s, double lo, double hi)
     errno = 0;
     char * end = nullptr;
     const double v = strtod(s, &end);
-    if (*s == '\0' || end == s || *end != '\0' || errno == ERANGE || std::isnan(v) || std::isinf(v)) {
+    if (*s == '\0' || !ekv_plain_number(s, false) || end == s || *end != '\0' || std::isnan(v) || std::isinf(v)) {
         llama_elastickv_fail(name, s, "is not a finite number");
     }
     if (v < lo || v > hi) {
@@ -167,7 +186,7 @@ void ekv_parse_budget(const char * s, llama_elastickv_budget & b) {
         errno = 0;
         char * end = nullptr;
         const double v = strtod(num.c_str(), &end);
-        if (num.empty() || *end != '\0' || errno == ERANGE || !(v > 0.0 && v <= 100.0)) {
+        if (num.empty() || !ekv_plain_number(num.c_str(), false) || *end != '\0' || !(v > 0.0 && v <= 100.0)) {
             llama_elastickv_fail("ELASTICKV_BUDGET", s, "is not a percentage in (0%, 100%]");
         }
         b.fraction = v/100.0;
@@ -175,7 +194,7 @@ void ekv_parse_budget(const char * s, llama_elastickv_budget & b) {
         errno = 0;
         char * end = nullptr;
         const double v = strtod(s, &end);
-        if (*s == '\0' || *end != '\0' || errno == ERANGE || !(v > 0.0 && v <= 1.0)) {
+        if (*s == '\0' || !ekv_plain_number(s, false) || *end != '\0' || !(v > 0.0 && v <= 1.0)) {
             llama_elastickv_fail("ELASTICKV_BUDGET", s, "is not a fraction in (0, 1]");
         }
         b.fraction = v;

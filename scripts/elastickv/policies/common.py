@@ -21,6 +21,7 @@ pairs that give a cell more than 1/n_kv ("count", ScissorHands; n_kv = the cells
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Callable
 
@@ -53,20 +54,42 @@ def uniform_budget(b: Budget, B: int, n: int, layer: int, n_layer: int) -> int:
     return B
 
 
+_INT = re.compile(r"[+-]?[0-9]+")
+_FLOAT = re.compile(r"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
+_NONFINITE = re.compile(r"[+-]?(inf|infinity|nan)", re.IGNORECASE)
+
+
+def decimal_int(text: str) -> int:
+    """An integer as the hook reads one (llama-elastickv-config.cpp ekv_parse_int): decimal digits with an optional
+    sign, nothing else (no spaces, no underscores, which Python's int() would accept); ValueError otherwise."""
+    if not _INT.fullmatch(text):
+        raise ValueError(f"{text!r} is not a decimal integer")
+    return int(text, 10)
+
+
+def decimal_float(text: str) -> float:
+    """A number as the hook reads one (ekv_plain_number, then strtod): decimal, an optional sign and exponent, or
+    inf/infinity/nan (returned as such, for the caller to refuse as not finite); no spaces, underscores or hex.
+    Underflow gives 0 (as strtod's result), overflow infinity."""
+    if not (_FLOAT.fullmatch(text) or _NONFINITE.fullmatch(text)):
+        raise ValueError(f"{text!r} is not a decimal number")
+    return float(text)
+
+
 def parse_budget(text: str) -> Budget:
     """ELASTICKV_BUDGET as the hook reads it: "0.5" or "50%" (fraction), "2048" (cells)."""
     s = str(text)
     if s.endswith("%"):
-        v = float(s[:-1])
+        v = decimal_float(s[:-1])
         if not 0 < v <= 100:
             raise ValueError(f"ELASTICKV_BUDGET={s!r} is not a percentage in (0%, 100%]")
         return Budget(fraction=v / 100.0)
     if any(c in s for c in ".eE"):
-        v = float(s)
+        v = decimal_float(s)
         if not 0 < v <= 1:
             raise ValueError(f"ELASTICKV_BUDGET={s!r} is not a fraction in (0, 1]")
         return Budget(fraction=v)
-    v = int(s, 10)
+    v = decimal_int(s)
     if v < 1:
         raise ValueError(f"ELASTICKV_BUDGET={s!r} is out of range")
     return Budget(cells=v)
