@@ -117,3 +117,20 @@ def test_pareto_front_of_figure_12_and_table_19():
     assert [r["n"] for r in front] == ["bad", "cap-q4", "cap-q8", "q8", "f16"]
     strict = plotcommon.pareto_front(rows, lambda r: r["m"], lambda r: r["k"], tie=0.0)
     assert "cap-f16" in {r["n"] for r in strict} and "q4" in {r["n"] for r in strict}
+
+
+@pytest.mark.parametrize("content,why", [('{"schema_version": 1, "data": {"pan', "is not valid JSON"),
+                                         ("", "is not valid JSON"), ("[1, 2]", "holds a JSON list")])
+def test_a_damaged_result_file_is_one_clear_line(tmp_path, monkeypatch, capsys, content, why):
+    """A figure or table script given a truncated or damaged result file (here Table 19's) exits 1 with one line
+    that names the file and the remedy, not a traceback."""
+    sys.path.insert(0, str(paths.ROOT / "scripts" / "plot"))
+    import plotcommon
+    import tab19_real_memory
+
+    (tmp_path / "real_memory.json").write_text(content)
+    monkeypatch.setattr(plotcommon, "RESULTS", tmp_path)
+    monkeypatch.setattr(sys, "argv", ["tab19_real_memory.py"])
+    assert plotcommon.main_guard(tab19_real_memory.main) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "results/real_memory.json" in err and why in err and "MANIFEST" in err

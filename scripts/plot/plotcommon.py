@@ -41,15 +41,24 @@ def pareto_front(rows: list[dict], memory, quality, tie: float = PARETO_TIE) -> 
 
 
 class MissingResult(FileNotFoundError):
-    """The result file a figure needs is not in results/."""
+    """The result file a figure needs is not in results/, or cannot be read as one."""
 
 
 def load(relpath: str) -> dict:
-    """A result JSON under results/ (e.g. ``load("results_all.json")``); a clear error when missing."""
+    """A result JSON under results/ (e.g. ``load("results_all.json")``); a clear error when it is missing, is not
+    JSON (a truncated or damaged copy) or is not an object."""
     path = RESULTS / relpath
+    remedy = "restore it (git checkout) or rerun the script that makes it, listed in results/MANIFEST.md"
     if not path.exists():
         raise MissingResult(f"results/{relpath} is missing; the script that makes it is listed in results/MANIFEST.md")
-    return json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text(errors="replace"))
+    except json.JSONDecodeError as e:
+        raise MissingResult(f"results/{relpath} is not valid JSON ({e.msg} at line {e.lineno}, column {e.colno}: "
+                            f"truncated or damaged); {remedy}") from None
+    if not isinstance(data, dict):
+        raise MissingResult(f"results/{relpath} holds a JSON {type(data).__name__}, not a result object; {remedy}")
+    return data
 
 
 def save(fig: "plt.Figure", name: str) -> list[Path]:
