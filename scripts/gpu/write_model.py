@@ -73,11 +73,17 @@ def vocabulary(n_vocab: int) -> tuple[list[str], list[int], list[str]]:
     return tokens, types, merges
 
 
-def write(out: Path, shape: str = "smollm2-135m", wtype: str = "f32", seed: int = 0) -> dict:
+ARCHS = ("llama", "gemma2")  # gemma2: attention layers alternating between a sliding-window and a full cache (iSWA)
+
+
+def write(out: Path, shape: str = "smollm2-135m", wtype: str = "f32", seed: int = 0, arch: str = "llama",
+          n_swa: int = 16) -> dict:
     import gguf
     from gguf import quants
 
     s = SHAPES[shape]
+    if arch not in ARCHS:
+        raise ValueError(f"arch {arch!r}: one of {', '.join(ARCHS)}")
     if s.get("codes") and wtype not in CODE_TYPES:
         raise ValueError(f"the {shape} shape is written in {' or '.join(CODE_TYPES)} only, not {wtype}")
     hd = s["n_embd"] // s["n_head"]
@@ -90,8 +96,12 @@ def write(out: Path, shape: str = "smollm2-135m", wtype: str = "f32", seed: int 
              "q4_1": gguf.LlamaFileType.MOSTLY_Q4_1}[wtype]
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    w = gguf.GGUFWriter(str(out), "llama")
-    w.add_name(f"elastickv-random-{shape}")
+    w = gguf.GGUFWriter(str(out), arch)
+    w.add_name(f"elastickv-random-{shape}" + ("" if arch == "llama" else f"-{arch}"))
+    if arch == "gemma2":
+        w.add_sliding_window(n_swa)
+        w.add_key_length(hd)
+        w.add_value_length(hd)
     w.add_context_length(s["n_ctx_train"])
     w.add_embedding_length(s["n_embd"])
     w.add_block_count(s["n_layer"])
@@ -144,6 +154,9 @@ def write(out: Path, shape: str = "smollm2-135m", wtype: str = "f32", seed: int 
         add(f"blk.{i}.attn_k.weight", matrix(s["n_head_kv"] * hd, e, 0.02))
         add(f"blk.{i}.attn_v.weight", matrix(s["n_head_kv"] * hd, e, 0.02))
         add(f"blk.{i}.attn_output.weight", matrix(e, s["n_head"] * hd, 0.02))
+        if arch == "gemma2":
+            add(f"blk.{i}.post_attention_norm.weight", np.ones(e, dtype=np.float32))
+            add(f"blk.{i}.post_ffw_norm.weight", np.ones(e, dtype=np.float32))
         add(f"blk.{i}.ffn_norm.weight", np.ones(e, dtype=np.float32))
         add(f"blk.{i}.ffn_gate.weight", matrix(ff, e, 0.02))
         add(f"blk.{i}.ffn_up.weight", matrix(ff, e, 0.02))
@@ -152,7 +165,8 @@ def write(out: Path, shape: str = "smollm2-135m", wtype: str = "f32", seed: int 
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
     w.close()
-    return {"file": out.name, "shape": shape, "type": wtype, "seed": seed, "bytes": out.stat().st_size} | s
+    return {"file": out.name, "shape": shape, "type": wtype, "seed": seed, "arch": arch,
+            "bytes": out.stat().st_size} | s
 
 
 def main() -> int:
@@ -162,9 +176,11 @@ def main() -> int:
     ap.add_argument("--type", dest="wtype", choices=TYPES, default="f32",
                     help="type of the weight matrices (default: %(default)s; norms stay f32)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the weights (default: %(default)s)")
+    ap.add_argument("--arch", choices=ARCHS, default="llama",
+                    help="architecture (default: %(default)s; gemma2: a sliding-window cache beside the full one)")
     args = ap.parse_args()
     try:
-        info = write(args.out, args.shape, args.wtype, args.seed)
+        info = write(args.out, args.shape, args.wtype, args.seed, args.arch)
     except (ImportError, ValueError, OSError) as e:
         print(f"write_model: {e}", file=sys.stderr)
         return 1

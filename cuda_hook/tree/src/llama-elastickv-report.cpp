@@ -59,10 +59,10 @@ void llama_elastickv::impl::echo(const llama_model & model) const {
                 kv->get_size(), cparams.n_ctx_seq);
         }
     }
-    LLAMA_LOG_WARN("elastickv: cache K %s V %s%s, %zu layers x %u KV heads x head dim %u/%u, %u stream(s), %u group(s), "
-                   "K domain %s, V domain %s, backend %s\n",
+    LLAMA_LOG_WARN("elastickv: cache K %s V %s%s, %zu of %u attention layers (one KV cache) x %u KV heads x head dim "
+                   "%u/%u, %u stream(s), %u group(s), K domain %s, V domain %s, backend %s\n",
         ggml_type_name(kv->type_k()), ggml_type_name(kv->type_v()), v_trans ? " (V transposed)" : "",
-        layers.size(), hparams.n_head_kv(0), hparams.n_embd_head_k(0), hparams.n_embd_head_v(0), n_stream, n_group,
+        layers.size(), hparams.n_layer(), hparams.n_head_kv(0), hparams.n_embd_head_k(0), hparams.n_embd_head_v(0), n_stream, n_group,
         kv->attn_rot_k ? "hadamard-rotated" : "plain", kv->attn_rot_v ? "hadamard-rotated" : "plain", devnames.c_str());
 }
 

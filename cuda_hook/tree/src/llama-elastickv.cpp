@@ -96,16 +96,27 @@ ggml_backend_t llama_elastickv_backend_for(ggml_backend_buffer_type_t buft, cons
         ggml_backend_buft_name(buft));
 }
 
-// finds the attention KV cache this hook works on; nullptr for memories without one
-static llama_kv_cache * ekv_find_kv(llama_memory_i * memory) {
+// finds the attention KV cache this hook works on: one cache holding every attention layer. A model whose attention
+// layers are split between a full and a sliding-window cache (iSWA), or whose memory is recurrent or hybrid, is
+// refused with a message: covering only some of its layers would be a silent partial coverage.
+static llama_kv_cache * ekv_find_kv(llama_memory_i * memory, const llama_hparams & hparams) {
     if (auto * kv = dynamic_cast<llama_kv_cache *>(memory)) {
         return kv;
     }
-    if (auto * iswa = dynamic_cast<llama_kv_cache_iswa *>(memory)) {
-        return iswa->get_base(); // SWA layers overwrite their cells anyway; the base layers carry the context
+    if (dynamic_cast<llama_kv_cache_iswa *>(memory)) {
+        uint32_t n_swa = 0;
+        for (uint32_t il = 0; il < hparams.n_layer(); ++il) {
+            n_swa += hparams.is_swa(il) ? 1 : 0;
+        }
+        throw std::runtime_error("elastickv: ELASTICKV=1 but this model splits its attention layers between two KV "
+            "caches (iSWA): " + std::to_string(n_swa) + " of " + std::to_string(hparams.n_layer()) + " attention layers "
+            "in a sliding-window cache of " + std::to_string(hparams.n_swa) + " positions, the others in a full cache; "
+            "the hook covers models with one attention KV cache only (it would leave the sliding-window layers "
+            "untouched)");
     }
-    if (auto * hyb = dynamic_cast<llama_memory_hybrid *>(memory)) {
-        return hyb->get_mem_attn();
+    if (dynamic_cast<llama_memory_hybrid *>(memory)) {
+        throw std::runtime_error("elastickv: ELASTICKV=1 but this model's memory is hybrid (recurrent layers beside "
+                                 "attention layers); the hook covers models with one attention KV cache only");
     }
     return nullptr;
 }
@@ -304,7 +315,7 @@ llama_elastickv::llama_elastickv(
         const llama_cparams               & cparams,
         llama_memory_i                    * memory,
         const std::vector<ggml_backend_t> & backends) : pimpl(new impl(cfg, cparams)) {
-    pimpl->kv = ekv_find_kv(memory);
+    pimpl->kv = ekv_find_kv(memory, model.hparams);
     if (!pimpl->kv) {
         throw std::runtime_error("elastickv: ELASTICKV=1 but this model has no attention KV cache the hook supports "
                                  "(recurrent or special memory)");
