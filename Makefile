@@ -14,7 +14,7 @@ RUN_TARGETS  := llama-perplexity
 TEST_TARGETS := llama-perplexity llama-completion llama-bench test-backend-ops
 ALL_TARGETS  := llama-perplexity llama-completion llama-bench llama-cli llama-server test-backend-ops
 
-.PHONY: help run run-full test test-debug build build-test build-upstream build-cuda model cuda-check bench bench-op cross-isa clean distclean \
+.PHONY: help run run-full test test-debug sanitize build build-test build-upstream build-cuda model cuda-check bench bench-op cross-isa clean distclean \
         figures tables paper paper-deps experiments gpu-pack
 
 help:
@@ -22,6 +22,7 @@ help:
 	@echo "                table with the q8_0 and q4_0 anchors on WikiText-2 (CHUNKS=$(CHUNKS); run-full: all)"
 	@echo "make test       build the test targets (patched + unpatched llama.cpp) and run the test suite"
 	@echo "make test-debug Debug CPU build (asserts on, -O0) and the hook's and op's tests on it (DEBUG_TESTS)"
+	@echo "make sanitize   ASan + UBSan CPU build and the hook's end-to-end tests on it (SANITIZE_TESTS; no report allowed)"
 	@echo "make build      CPU build of every tool (perplexity, completion, bench, cli, server, test-backend-ops)"
 	@echo "make build-cuda CUDA build (CUDA_ARCH=90, FA_QUANTS='f16-f16;q8_0-q8_0;q4_0-q4_0;q8_0-f16')"
 	@echo "make bench      the op's bandwidth against memcpy (bench-op), then the decode overhead (llama-bench, hook on/off)"
@@ -74,6 +75,21 @@ DEBUG_TESTS ?= tests/test_op_reference.py tests/test_cuda_host.py tests/test_hoo
 test-debug: $(VENV)/.stamp model
 	scripts/setup/build_llamacpp.sh --debug -j $(JOBS) llama-perplexity llama-completion
 	EKV_BUILD_VARIANT=cpu-debug $(PY) -m pytest $(DEBUG_TESTS) $(TEST_ARGS)
+
+# AddressSanitizer + UndefinedBehaviorSanitizer build of the patched tools, and the hook's end-to-end tests on it.
+# Sanitizer reports go to files (build/sanitize/), so that one raised in a run a test expects to fail is not missed:
+# the target fails if any report was written.
+# (test_hook_identity.py compares with the unpatched tree, which has no sanitized build)
+SANITIZE_TESTS ?= tests/test_hook_errors.py tests/test_hook_layouts.py tests/test_hook_sparsity.py \
+                  tests/test_hook_sequences.py tests/test_fuzz_env.py tests/test_policies.py
+SANITIZE_DIR   := build/sanitize
+sanitize: $(VENV)/.stamp model
+	scripts/setup/build_llamacpp.sh --sanitize -j $(JOBS) llama-perplexity llama-completion
+	rm -rf $(SANITIZE_DIR) && mkdir -p $(SANITIZE_DIR)
+	EKV_BUILD_VARIANT=cpu-sanitize ASAN_OPTIONS=log_path=$(CURDIR)/$(SANITIZE_DIR)/asan \
+	    UBSAN_OPTIONS=log_path=$(CURDIR)/$(SANITIZE_DIR)/ubsan:print_stacktrace=1 $(PY) -m pytest $(SANITIZE_TESTS) $(TEST_ARGS)
+	@if ls $(SANITIZE_DIR)/* >/dev/null 2>&1; then echo "sanitizer reports:"; ls $(SANITIZE_DIR); exit 1; \
+	 else echo "sanitize: no AddressSanitizer or UndefinedBehaviorSanitizer report"; fi
 
 cuda-check: $(VENV)/.stamp
 	scripts/setup/build_llamacpp.sh -j $(JOBS) ggml-base

@@ -18,6 +18,8 @@
 #                       in <tree>/build-cpu-NAME: avx512 (AVX-512 F/BW/DQ/VL with AVX2, FMA, F16C), avx2 (AVX2, FMA,
 #                       F16C, BMI2: e.g. AMD EPYC Zen 2/3), avx (AVX only), sse42 (SSE 4.2 only). The arithmetic of
 #                       other CPUs, run here (scripts/bench/cross_isa.py); runs only on a CPU that has the set
+#   --sanitize          AddressSanitizer + UndefinedBehaviorSanitizer (UB is fatal) in <tree>/build-<variant>-sanitize,
+#                       e.g. build-cpu-sanitize; tests use it with EKV_BUILD_VARIANT=cpu-sanitize (make sanitize)
 #   --debug             CMAKE_BUILD_TYPE=Debug (asserts on, -O0) in <tree>/build-<variant>-debug, e.g. build-cpu-debug;
 #                       tests and scripts use it with EKV_BUILD_VARIANT=cpu-debug (make test-debug)
 #   -j N                parallel jobs (default: number of cores)
@@ -31,6 +33,7 @@ die() { echo "build_llamacpp: $*" >&2; exit 1; }
 
 TREE=""
 BUILD_TYPE=Release
+SANITIZE=
 MANAGED=0
 UPSTREAM=0
 NO_PATCH=0
@@ -51,6 +54,7 @@ while [ $# -gt 0 ]; do
         --fa-quants) FA_QUANTS=${2:?--fa-quants needs K-V pairs, e.g. f16-f16}; shift 2 ;;
         --isa) ISA=${2:?--isa needs a name: avx512, avx2, avx or sse42}; shift 2 ;;
         --debug) BUILD_TYPE=Debug; shift ;;
+        --sanitize) SANITIZE=1; shift ;;
         -j) JOBS=${2:?-j needs a number}; shift 2 ;;
         -*) die "unknown option $1 (see --help)" ;;
         *) TARGETS+=("$1"); shift ;;
@@ -117,6 +121,12 @@ fi
 if [ -n "${LLAMA_CMAKE_FLAGS:-}" ]; then
     read -r -a EXTRA <<< "$LLAMA_CMAKE_FLAGS"
     FLAGS+=("${EXTRA[@]}")
+fi
+if [ -n "$SANITIZE" ]; then
+    FLAGS+=(-DLLAMA_SANITIZE_ADDRESS=ON -DLLAMA_SANITIZE_UNDEFINED=ON -DGGML_SANITIZE_ADDRESS=ON
+            -DGGML_SANITIZE_UNDEFINED=ON "-DCMAKE_C_FLAGS=-fno-sanitize-recover=undefined"
+            "-DCMAKE_CXX_FLAGS=-fno-sanitize-recover=undefined")
+    VARIANT="$VARIANT-sanitize"
 fi
 [ "$BUILD_TYPE" = Debug ] && VARIANT="$VARIANT-debug"
 BUILD="$TREE/build-$VARIANT"
