@@ -9,9 +9,10 @@ CHUNKS     ?= 10
 RUN_ARGS   ?=
 TEST_ARGS  ?=
 
-# what each job needs built; test-backend-ops takes the longest, so `make run` does not build it
+# what each job needs built; test-backend-ops takes the longest, so `make run` does not build it.
+# The tests drive llama-cli and llama-server too (llama-cli is built on llama-server's code).
 RUN_TARGETS  := llama-perplexity
-TEST_TARGETS := llama-perplexity llama-completion llama-bench test-backend-ops
+TEST_TARGETS := llama-perplexity llama-completion llama-bench llama-cli llama-server test-backend-ops
 ALL_TARGETS  := llama-perplexity llama-completion llama-bench llama-cli llama-server test-backend-ops
 
 .PHONY: help run run-full test test-debug sanitize build build-test build-upstream build-cuda model cuda-check bench bench-op cross-isa clean distclean \
