@@ -55,7 +55,8 @@ CHECKED_DIRS = ("cuda_hook", "scripts", "configs")
 #: what the CUDA build does not need (paths relative to the llama.cpp tree; a directory drops all below it)
 STRIP_TOP = {"models", "docs", "examples", "media", "benches", "conversion", "gguf-py", "pocs", "skills", "ci",
              "scripts", "requirements", "app", ".git", ".github", ".devops", ".gemini", ".pi"}
-STRIP_TOOLS = {"ui", "server", "cli"}  # built only with LLAMA_BUILD_SERVER=ON (verify.sh turns it off)
+STRIP_TOOLS = {"ui", "cli"}  # built only with LLAMA_BUILD_SERVER=ON (verify.sh turns it off); tools/server stays:
+#                                 the hook patches it (the patch script refuses a tree without it)
 KEEP_BACKENDS = {"ggml-cpu", "ggml-cuda"}
 #: Python packages the check imports on the GPU machine besides numpy and PyYAML (which it has): gguf writes the
 #: model; jsonschema (and what it imports) validates the result records

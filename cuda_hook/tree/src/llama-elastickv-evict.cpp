@@ -35,6 +35,8 @@ llama_elastickv_evict::llama_elastickv_evict(
         const llama_hparams                 & hparams,
         const std::vector<ggml_backend_t>   & backends)
     : desc(desc), budget(budget), params(params), kv(kv), kv_size(kv->get_size()), n_stream(kv->n_stream) {
+    seq_freed_total.assign(kv->n_seq_max, 0);
+    seq_evicted_last.assign(kv->n_seq_max, 0);
     int32_t il_max = 0;
     for (const auto & L : kv->layers) {
         il_max = std::max(il_max, (int32_t) L.il);
@@ -528,6 +530,8 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
             kv->v_heads[strm] = new_head; // as seq_rm does: the slot search may start at the first freed cell
         }
         freed_total += freed;
+        seq_freed_total[s] += freed;
+        seq_evicted_last[s] = n - union_kept;
         if (stats) {
             // the cells this sequence holds after the pass, and the cells its keep sets need (their union)
             fprintf(stats, "{\"record\": \"evict_pass\", \"ctx\": %d, \"pass\": %" PRId64 ", \"seq\": %d, \"pos_max\": %d, "

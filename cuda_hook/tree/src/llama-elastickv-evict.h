@@ -89,6 +89,10 @@ struct llama_elastickv_evict {
     // cells freed so far
     int64_t n_freed() const { return freed_total; }
 
+    // per sequence: cells freed so far, and its resident cells evicted in every layer and KV head at its last pass
+    int64_t seq_freed  (llama_seq_id s) const { return (size_t) s < seq_freed_total.size() ? seq_freed_total[s] : 0; }
+    int64_t seq_evicted(llama_seq_id s) const { return (size_t) s < seq_evicted_last.size() ? seq_evicted_last[s] : 0; }
+
 private:
     struct layer {
         int32_t       il;
@@ -141,4 +145,6 @@ private:
     std::vector<device> devs;
     int64_t             n_ubatch    = 0; // ubatches seen (their dump names)
     int64_t             freed_total = 0;
+    std::vector<int64_t> seq_freed_total;  // [seq]
+    std::vector<int64_t> seq_evicted_last; // [seq]
 };

@@ -11,6 +11,7 @@
 
 #include "ggml-cpp.h"
 
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <memory>
@@ -47,6 +48,10 @@ struct llama_elastickv::impl {
         int32_t   epoch         = 0;  // bumped when the sequence is rewound (cleared, shortened, restored)
         bool      reset_k       = false; // incremental mode: restart the running K statistic at the next pass
         bool      reset_v       = false;
+        // what llama_elastickv_get_seq_stats reports
+        int64_t   n_pass        = 0;   // passes this sequence took part in
+        double    k_zero        = NAN; // zero fraction of its K / V after its last pass, when read back (collect)
+        double    v_zero        = NAN;
     };
 
     llama_elastickv_config cfg;
@@ -59,7 +64,7 @@ struct llama_elastickv::impl {
     uint32_t n_seq;
     uint32_t n_group;
     bool     v_trans;
-    bool     collect; // stats, verbose or dump: count non-zeros over the whole sequence and read them back
+    bool     collect; // stats, verbose, dump or the seq-stats API: count non-zeros over the whole sequence and read them back
 
     std::vector<layer>  layers;
     std::vector<device> devs;
@@ -121,6 +126,7 @@ struct llama_elastickv::impl {
         auto & sq = seqs[s];
         sq.last_pass_pos = -1;
         sq.epoch++;
+        sq.k_zero = sq.v_zero = NAN;
         sq.reset_k = sq.reset_v = true;
         mark_seq_unprocessed(s, true, true);
     }
@@ -133,6 +139,9 @@ struct llama_elastickv::impl {
     void upload(const std::vector<llama_seq_id> & seqs_pass);
     void compute();
     void entries_apply(const std::vector<llama_seq_id> & seqs_pass);
+
+    // llama-elastickv-stats.cpp: bytes of one cell's K and V over every layer of the hook's cache
+    size_t cell_bytes() const;
 
     // llama-elastickv-report.cpp
     void echo(const llama_model & model) const;

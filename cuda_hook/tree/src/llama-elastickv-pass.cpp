@@ -193,6 +193,7 @@ void llama_elastickv::impl::run_pass(const std::vector<llama_seq_id> & seqs_pass
     }
     for (llama_seq_id s : seqs_pass) {
         seqs[s].last_pass_pos = kv->seq_pos_max(s);
+        seqs[s].n_pass++;
     }
 
     if (collect) {

@@ -151,6 +151,9 @@ void llama_elastickv::impl::report(const std::vector<llama_seq_id> & seqs_pass, 
                 tot[kind][1] += lay[1];
             }
         }
+        // what llama_elastickv_get_seq_stats reports: the sequence's zero fraction after this pass
+        seqs[s].k_zero = tot[0][0] > 0 ? 1.0 - tot[0][1]/tot[0][0] : NAN;
+        seqs[s].v_zero = tot[1][0] > 0 ? 1.0 - tot[1][1]/tot[1][0] : NAN;
         if (cfg.verbose >= 1) {
             const double nk = tot[0][0], nv = tot[1][0];
             const double zk = nk > 0 ? 100.0*(1.0 - tot[0][1]/nk) : 0.0;

@@ -402,6 +402,7 @@ void llama_elastickv::on_ubatch(const llama_ubatch & ubatch) {
         I.evict->pass(due, I.ctx_id, I.n_pass, I.stats, I.cfg.verbose);
         for (llama_seq_id s : due) {
             I.seqs[s].last_pass_pos = I.kv->seq_pos_max(s);
+            I.seqs[s].n_pass++;
         }
         I.n_pass++;
     } else {

@@ -10,6 +10,7 @@
 
 #include "llama.h"
 #include "llama-elastickv-policy.h"
+#include "llama-elastickv-stats.h"
 #include "ggml.h"
 #include "ggml-backend.h"
 
@@ -101,6 +102,12 @@ struct llama_elastickv {
     // cache. The restored cells were written without a ubatch: their eviction flags, bias and scores are reset
     // and the sequence starts over (its next ubatch is followed by a pass).
     void on_state_read(llama_seq_id seq_id);
+
+    // The public per-sequence counters (llama-elastickv-stats.cpp; include/llama-elastickv-stats.h). The first
+    // call switches on the read-back of each pass's statistics.
+    bool has_seq(llama_seq_id s) const;
+    void seq_stats(llama_seq_id s, llama_elastickv_seq_stats & out);
+    llama_pos resume_pos(llama_seq_id s, llama_pos n_past) const;
 
     // True when the hook adds nodes to the attention graph (the context then re-reserves its graphs).
     bool adds_graph_nodes() const;
