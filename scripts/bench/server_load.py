@@ -33,6 +33,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, envvars, models, paths, results, server, tools  # noqa: E402
+from elastickv import stats as statsfile  # noqa: E402
 from elastickv.progress import Progress  # noqa: E402
 
 SCRIPT = "scripts/bench/server_load.py"
@@ -178,8 +179,9 @@ def run(cfg: dict, force: bool = False) -> dict:
     off["mismatches"] = mismatch
 
     # phase 2: hook on
-    stats = log_dir / "stats-on.jsonl"
-    stats.unlink(missing_ok=True)
+    stats = log_dir / "on.stats.jsonl"
+    for old in (stats, stats.with_name(stats.name + ".xz")):
+        old.unlink(missing_ok=True)
     hook_env = {k: str(v) for k, v in cfg["hook_env"].items()} | {"ELASTICKV_STATS": paths.relative(stats)}
     with server.Server(model, args, hook_env, log_dir / "server-on.log", threads=cfg["threads"], binary=binary) as srv:
         on = concurrent(srv, reqs, cfg, "hook on")
@@ -198,6 +200,8 @@ def run(cfg: dict, force: bool = False) -> dict:
         rec = json.loads(line)
         if rec.get("record") == "head":
             per_pass_seqs.setdefault(rec["pass"], set()).add(rec["seq"])
+
+    stats = statsfile.compress(stats)  # xz, as every archived stats file
 
     for phase in (off, on):
         phase["rss_growth"] = rss_growth(phase, cfg)
