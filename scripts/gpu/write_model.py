@@ -73,7 +73,9 @@ def vocabulary(n_vocab: int) -> tuple[list[str], list[int], list[str]]:
     return tokens, types, merges
 
 
-ARCHS = ("llama", "gemma2")  # gemma2: attention layers alternating between a sliding-window and a full cache (iSWA)
+ARCHS = ("llama", "gemma2", "mamba")
+# gemma2: attention layers alternating between a sliding-window and a full cache (iSWA); mamba: no attention, a
+# recurrent state instead of a KV cache (d_inner = 2 n_embd, d_state 16, d_conv 4, dt_rank n_embd/16)
 
 
 def write(out: Path, shape: str = "smollm2-135m", wtype: str = "f32", seed: int = 0, arch: str = "llama",
@@ -102,6 +104,11 @@ def write(out: Path, shape: str = "smollm2-135m", wtype: str = "f32", seed: int 
         w.add_sliding_window(n_swa)
         w.add_key_length(hd)
         w.add_value_length(hd)
+    if arch == "mamba":
+        w.add_ssm_conv_kernel(4)
+        w.add_ssm_inner_size(2 * s["n_embd"])
+        w.add_ssm_state_size(16)
+        w.add_ssm_time_step_rank(s["n_embd"] // 16)
     w.add_context_length(s["n_ctx_train"])
     w.add_embedding_length(s["n_embd"])
     w.add_block_count(s["n_layer"])
@@ -150,6 +157,18 @@ def write(out: Path, shape: str = "smollm2-135m", wtype: str = "f32", seed: int 
     add("output_norm.weight", np.ones(e, dtype=np.float32))
     for i in range(s["n_layer"]):
         add(f"blk.{i}.attn_norm.weight", np.ones(e, dtype=np.float32))
+        if arch == "mamba":  # the layer is a selective state-space block: no attention, no feed-forward
+            di, ds, dr = 2 * e, 16, e // 16
+            add(f"blk.{i}.ssm_in.weight", matrix(2 * di, e, 0.02))
+            add(f"blk.{i}.ssm_conv1d.weight", (rng.standard_normal((di, 4)) * 0.1).astype(np.float32))
+            add(f"blk.{i}.ssm_conv1d.bias", np.zeros(di, dtype=np.float32))
+            add(f"blk.{i}.ssm_x.weight", matrix(dr + 2 * ds, di, 0.02))
+            add(f"blk.{i}.ssm_dt.weight", (rng.standard_normal((di, dr)) * 0.1).astype(np.float32))
+            add(f"blk.{i}.ssm_dt.bias", np.zeros(di, dtype=np.float32))
+            add(f"blk.{i}.ssm_a", -np.tile(np.arange(1, ds + 1, dtype=np.float32), (di, 1)))
+            add(f"blk.{i}.ssm_d", np.ones(di, dtype=np.float32))
+            add(f"blk.{i}.ssm_out.weight", matrix(e, di, 0.02))
+            continue
         add(f"blk.{i}.attn_q.weight", matrix(s["n_head"] * hd, e, 0.02))
         add(f"blk.{i}.attn_k.weight", matrix(s["n_head_kv"] * hd, e, 0.02))
         add(f"blk.{i}.attn_v.weight", matrix(s["n_head_kv"] * hd, e, 0.02))
@@ -177,7 +196,8 @@ def main() -> int:
                     help="type of the weight matrices (default: %(default)s; norms stay f32)")
     ap.add_argument("--seed", type=int, default=0, help="seed of the weights (default: %(default)s)")
     ap.add_argument("--arch", choices=ARCHS, default="llama",
-                    help="architecture (default: %(default)s; gemma2: a sliding-window cache beside the full one)")
+                    help="architecture (default: %(default)s; gemma2: a sliding-window cache beside the full one; "
+                         "mamba: recurrent, no KV cache)")
     args = ap.parse_args()
     try:
         info = write(args.out, args.shape, args.wtype, args.seed, args.arch)

@@ -17,6 +17,7 @@
 #include "llama-kv-cache.h"
 #include "llama-kv-cache-iswa.h"
 #include "llama-memory-hybrid.h"
+#include "llama-memory-recurrent.h"
 
 #include "ggml-alloc.h"
 #include "ggml-kv-sparsify.h"
@@ -117,6 +118,11 @@ static llama_kv_cache * ekv_find_kv(llama_memory_i * memory, const llama_hparams
     if (dynamic_cast<llama_memory_hybrid *>(memory)) {
         throw std::runtime_error("elastickv: ELASTICKV=1 but this model's memory is hybrid (recurrent layers beside "
                                  "attention layers); the hook covers models with one attention KV cache only");
+    }
+    if (dynamic_cast<llama_memory_recurrent *>(memory)) {
+        throw std::runtime_error("elastickv: ELASTICKV=1 but this model is recurrent (Mamba, RWKV, ...): its memory is "
+                                 "a per-sequence state, not an attention KV cache the hook could sparsify; run it with "
+                                 "ELASTICKV unset or 0");
     }
     return nullptr;
 }
