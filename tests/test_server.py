@@ -246,3 +246,23 @@ def test_a_slot_serves_a_conversation_longer_than_its_cells(model_path, tmp_rel)
     assert hook["resident_cells"] <= cells and hook["cells_freed"] >= n - cells
     log = (tmp_rel / "server.log").read_text(errors="replace")
     assert f"{cells} cells" in log
+
+
+# ------------------------------------------------------------------------------------------ prompt cache
+
+def test_prompt_cache_in_host_memory_restores_a_conversation_with_fresh_hook_state(model_path, tmp_rel):
+    """--cache-ram: a slot saves its sequence's state to host memory when another prompt takes it, and loads it back
+    (llama_state_seq_set_data) when the first prompt returns; the hook starts that sequence over (a new epoch: its
+    next ubatch is followed by a pass over the loaded cells)."""
+    env = {"ELASTICKV": "1", **WARM}
+    args = ["-c", "2048", "-np", "1", "--cache-ram", "64", "-fa", "off"]
+    with server.Server(model_path, args, env, tmp_rel / "server.log") as srv:
+        a1 = srv.post("/completion", greedy(P1, 16))
+        h1 = srv.slot_hook(0)
+        srv.post("/completion", greedy(TEXT[2000:2900], 16))  # another prompt takes the slot
+        a2 = srv.post("/completion", greedy(P1, 16))
+        h2 = srv.slot_hook(0)
+    assert a2["timings"]["cache_n"] > 200, "the first prompt's state was not loaded from the host-memory cache"
+    assert a1["tokens_predicted"] == a2["tokens_predicted"] == 16
+    assert h2["epoch"] > h1["epoch"] and h1["passes"] > 0
+    assert h2["passes"] > h1["passes"] and h2["last_pass_pos"] >= 0
