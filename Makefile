@@ -15,7 +15,7 @@ RUN_TARGETS  := llama-perplexity
 TEST_TARGETS := llama-perplexity llama-completion llama-bench llama-cli llama-server test-backend-ops
 ALL_TARGETS  := llama-perplexity llama-completion llama-bench llama-cli llama-server test-backend-ops
 
-.PHONY: help run run-full test test-debug sanitize build build-test build-upstream build-cuda model cuda-check bench bench-op cross-isa clean distclean \
+.PHONY: help run run-full test test-debug sanitize build build-test build-upstream build-cuda model cuda-check bench bench-op cross-isa bench-server clean distclean \
         figures tables paper paper-deps experiments gpu-pack
 
 help:
@@ -27,6 +27,7 @@ help:
 	@echo "make build      CPU build of every tool (perplexity, completion, bench, cli, server, test-backend-ops)"
 	@echo "make build-cuda CUDA build (CUDA_ARCH=90, FA_QUANTS='f16-f16;q8_0-q8_0;q4_0-q4_0;q8_0-f16')"
 	@echo "make bench      the op's bandwidth against memcpy (bench-op), then the decode overhead (llama-bench, hook on/off)"
+	@echo "make bench-server  llama-server under load, hook off then on (4 slots, 16 clients, 200 requests; minutes)"
 	@echo "make bench-op   the op alone against a copy of the same bytes (test-backend-ops perf; a few minutes)"
 	@echo "make cross-isa  re-run the reproduction test's entry with builds for AVX-512, AVX2, SSE 4.2: its tolerances"
 	@echo "make cuda-check compile-only nvcc check of the CUDA kernel"
@@ -103,6 +104,10 @@ gpu-pack: $(VENV)/.stamp
 bench: bench-op $(VENV)/.stamp model
 	scripts/setup/build_llamacpp.sh -j $(JOBS) llama-bench
 	$(PY) scripts/bench/decode_overhead.py
+
+bench-server: $(VENV)/.stamp model
+	scripts/setup/build_llamacpp.sh -j $(JOBS) llama-server
+	$(PY) scripts/bench/server_load.py --force
 
 bench-op: $(VENV)/.stamp
 	scripts/setup/build_llamacpp.sh -j $(JOBS) test-backend-ops
