@@ -3,8 +3,8 @@
 live in one KV cache and says so ("N of M attention layers (one KV cache)"), or refuses the model when the context
 is created, with a message; never a silent partial coverage. Tiny random models written with the gguf package
 (scripts/gpu/write_model.py, seconds, no download): llama (one cache) and gemma2 (iSWA: layers alternate between a
-sliding-window cache and a full one) and mamba (recurrent: no KV cache at all). Hybrid memories are refused the
-same way (no tiny hybrid model here yet)."""
+sliding-window cache and a full one), mamba (recurrent: no KV cache at all) and jamba (hybrid: Mamba layers beside
+attention layers)."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ def write_model(out: Path, arch: str) -> Path:
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("layouts")
-    return {arch: write_model(d / f"tiny-{arch}.gguf", arch) for arch in ("llama", "gemma2", "mamba")}
+    return {arch: write_model(d / f"tiny-{arch}.gguf", arch) for arch in ("llama", "gemma2", "mamba", "jamba")}
 
 
 def run(model: Path, env: dict[str, str] | None) -> subprocess.CompletedProcess:
@@ -74,4 +74,14 @@ def test_recurrent_model_is_refused_with_a_message(tiny):
     assert r.returncode == 1, r.stderr[-2000:]  # llama-completion's exit when the context cannot be created
     assert ("elastickv: ELASTICKV=1 but this model is recurrent (Mamba, RWKV, ...): its memory is a per-sequence "
             "state, not an attention KV cache the hook could sparsify; run it with ELASTICKV unset or 0") in r.stderr
+    assert "elastickv: cache K" not in r.stderr
+
+
+def test_hybrid_model_is_refused_with_a_message(tiny):
+    off = run(tiny["jamba"], None)
+    assert off.returncode == 0, off.stderr[-2000:]  # the model itself runs
+    r = run(tiny["jamba"], ON)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert ("elastickv: ELASTICKV=1 but this model's memory is hybrid (recurrent layers beside attention layers); the "
+            "hook covers models with one attention KV cache only") in r.stderr
     assert "elastickv: cache K" not in r.stderr

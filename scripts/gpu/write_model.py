@@ -73,9 +73,10 @@ def vocabulary(n_vocab: int) -> tuple[list[str], list[int], list[str]]:
     return tokens, types, merges
 
 
-ARCHS = ("llama", "gemma2", "mamba")
+ARCHS = ("llama", "gemma2", "mamba", "jamba")
 # gemma2: attention layers alternating between a sliding-window and a full cache (iSWA); mamba: no attention, a
-# recurrent state instead of a KV cache (d_inner = 2 n_embd, d_state 16, d_conv 4, dt_rank n_embd/16)
+# recurrent state instead of a KV cache (d_inner = 2 n_embd, d_state 16, d_conv 4, dt_rank n_embd/16); jamba: hybrid
+# memory, even layers Mamba blocks (recurrent state), odd layers attention (KV cache), each with a feed-forward
 
 
 def write(out: Path, shape: str = "smollm2-135m", wtype: str = "f32", seed: int = 0, arch: str = "llama",
@@ -104,7 +105,7 @@ def write(out: Path, shape: str = "smollm2-135m", wtype: str = "f32", seed: int 
         w.add_sliding_window(n_swa)
         w.add_key_length(hd)
         w.add_value_length(hd)
-    if arch == "mamba":
+    if arch in ("mamba", "jamba"):
         w.add_ssm_conv_kernel(4)
         w.add_ssm_inner_size(2 * s["n_embd"])
         w.add_ssm_state_size(16)
@@ -114,7 +115,10 @@ def write(out: Path, shape: str = "smollm2-135m", wtype: str = "f32", seed: int 
     w.add_block_count(s["n_layer"])
     w.add_feed_forward_length(s["n_ff"])
     w.add_head_count(s["n_head"])
-    w.add_head_count_kv(s["n_head_kv"])
+    if arch == "jamba":  # a KV head count of 0 marks a recurrent layer
+        w.add_head_count_kv([0 if i % 2 == 0 else s["n_head_kv"] for i in range(s["n_layer"])])
+    else:
+        w.add_head_count_kv(s["n_head_kv"])
     w.add_rope_dimension_count(hd)
     w.add_rope_freq_base(s["rope_base"])
     w.add_layer_norm_rms_eps(1e-5)
@@ -157,8 +161,12 @@ def write(out: Path, shape: str = "smollm2-135m", wtype: str = "f32", seed: int 
     add("output_norm.weight", np.ones(e, dtype=np.float32))
     for i in range(s["n_layer"]):
         add(f"blk.{i}.attn_norm.weight", np.ones(e, dtype=np.float32))
-        if arch == "mamba":  # the layer is a selective state-space block: no attention, no feed-forward
+        if arch == "mamba" or (arch == "jamba" and i % 2 == 0):  # a selective state-space block, no attention
             di, ds, dr = 2 * e, 16, e // 16
+            if arch == "jamba":
+                add(f"blk.{i}.ssm_dt_norm.weight", np.ones(dr, dtype=np.float32))
+                add(f"blk.{i}.ssm_b_norm.weight", np.ones(ds, dtype=np.float32))
+                add(f"blk.{i}.ssm_c_norm.weight", np.ones(ds, dtype=np.float32))
             add(f"blk.{i}.ssm_in.weight", matrix(2 * di, e, 0.02))
             add(f"blk.{i}.ssm_conv1d.weight", (rng.standard_normal((di, 4)) * 0.1).astype(np.float32))
             add(f"blk.{i}.ssm_conv1d.bias", np.zeros(di, dtype=np.float32))
@@ -168,6 +176,18 @@ def write(out: Path, shape: str = "smollm2-135m", wtype: str = "f32", seed: int 
             add(f"blk.{i}.ssm_a", -np.tile(np.arange(1, ds + 1, dtype=np.float32), (di, 1)))
             add(f"blk.{i}.ssm_d", np.ones(di, dtype=np.float32))
             add(f"blk.{i}.ssm_out.weight", matrix(e, di, 0.02))
+            if arch == "mamba":
+                continue
+        elif arch == "jamba":  # an attention layer of the hybrid (no positional encoding in Jamba)
+            add(f"blk.{i}.attn_q.weight", matrix(s["n_head"] * hd, e, 0.02))
+            add(f"blk.{i}.attn_k.weight", matrix(s["n_head_kv"] * hd, e, 0.02))
+            add(f"blk.{i}.attn_v.weight", matrix(s["n_head_kv"] * hd, e, 0.02))
+            add(f"blk.{i}.attn_output.weight", matrix(e, s["n_head"] * hd, 0.02))
+        if arch == "jamba":
+            add(f"blk.{i}.ffn_norm.weight", np.ones(e, dtype=np.float32))
+            add(f"blk.{i}.ffn_gate.weight", matrix(ff, e, 0.02))
+            add(f"blk.{i}.ffn_up.weight", matrix(ff, e, 0.02))
+            add(f"blk.{i}.ffn_down.weight", matrix(e, ff, 0.02))
             continue
         add(f"blk.{i}.attn_q.weight", matrix(s["n_head"] * hd, e, 0.02))
         add(f"blk.{i}.attn_k.weight", matrix(s["n_head_kv"] * hd, e, 0.02))
@@ -197,7 +217,7 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0, help="seed of the weights (default: %(default)s)")
     ap.add_argument("--arch", choices=ARCHS, default="llama",
                     help="architecture (default: %(default)s; gemma2: a sliding-window cache beside the full one; "
-                         "mamba: recurrent, no KV cache)")
+                         "mamba: recurrent, no KV cache; jamba: hybrid, Mamba and attention layers)")
     args = ap.parse_args()
     try:
         info = write(args.out, args.shape, args.wtype, args.seed, args.arch)
