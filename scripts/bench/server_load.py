@@ -187,19 +187,17 @@ def run(cfg: dict, force: bool = False) -> dict:
         on = concurrent(srv, reqs, cfg, "hook on")
         slots = {s["id"]: s.get("elastickv") for s in srv.slots()} if srv.alive() else {}
         on["crashed"] = not srv.alive()
-    passes_stats: dict[str, set] = {}
-    for line in tools.open_text(stats):
-        rec = json.loads(line)
-        if rec.get("record") == "head":
-            passes_stats.setdefault(str(rec["seq"]), set()).add(rec["pass"])
+    passes_stats: dict[str, set] = {}  # seq -> its passes
+    per_pass_seqs: dict[int, set] = {}  # pass -> the seqs it covered
+    with tools.open_text(stats) as f:
+        for line in f:
+            rec = json.loads(line)
+            if rec.get("record") == "head":
+                passes_stats.setdefault(str(rec["seq"]), set()).add(rec["pass"])
+                per_pass_seqs.setdefault(rec["pass"], set()).add(rec["seq"])
     on["slot_passes"] = {str(k): (v or {}).get("passes") for k, v in sorted(slots.items())}
     on["stats_passes"] = {k: len(v) for k, v in sorted(passes_stats.items())}
     on["stats_seqs"] = sorted(int(k) for k in passes_stats)
-    per_pass_seqs = {}
-    for line in tools.open_text(stats):
-        rec = json.loads(line)
-        if rec.get("record") == "head":
-            per_pass_seqs.setdefault(rec["pass"], set()).add(rec["seq"])
 
     stats = statsfile.compress(stats)  # xz, as every archived stats file
 

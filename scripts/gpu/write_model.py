@@ -177,22 +177,12 @@ def write(out: Path, shape: str = "smollm2-135m", wtype: str = "f32", seed: int 
             add(f"blk.{i}.ssm_d", np.ones(di, dtype=np.float32))
             add(f"blk.{i}.ssm_out.weight", matrix(e, di, 0.02))
             if arch == "mamba":
-                continue
-        elif arch == "jamba":  # an attention layer of the hybrid (no positional encoding in Jamba)
+                continue  # a Mamba block has no feed-forward
+        else:  # attention (Jamba's attention layers have no positional encoding; the tensors are the same)
             add(f"blk.{i}.attn_q.weight", matrix(s["n_head"] * hd, e, 0.02))
             add(f"blk.{i}.attn_k.weight", matrix(s["n_head_kv"] * hd, e, 0.02))
             add(f"blk.{i}.attn_v.weight", matrix(s["n_head_kv"] * hd, e, 0.02))
             add(f"blk.{i}.attn_output.weight", matrix(e, s["n_head"] * hd, 0.02))
-        if arch == "jamba":
-            add(f"blk.{i}.ffn_norm.weight", np.ones(e, dtype=np.float32))
-            add(f"blk.{i}.ffn_gate.weight", matrix(ff, e, 0.02))
-            add(f"blk.{i}.ffn_up.weight", matrix(ff, e, 0.02))
-            add(f"blk.{i}.ffn_down.weight", matrix(e, ff, 0.02))
-            continue
-        add(f"blk.{i}.attn_q.weight", matrix(s["n_head"] * hd, e, 0.02))
-        add(f"blk.{i}.attn_k.weight", matrix(s["n_head_kv"] * hd, e, 0.02))
-        add(f"blk.{i}.attn_v.weight", matrix(s["n_head_kv"] * hd, e, 0.02))
-        add(f"blk.{i}.attn_output.weight", matrix(e, s["n_head"] * hd, 0.02))
         if arch == "gemma2":
             add(f"blk.{i}.post_attention_norm.weight", np.ones(e, dtype=np.float32))
             add(f"blk.{i}.post_ffw_norm.weight", np.ones(e, dtype=np.float32))

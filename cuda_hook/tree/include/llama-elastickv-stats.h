@@ -17,7 +17,7 @@ extern "C" {
 // sequence's epochs; "at its last pass" values describe the cache right after that pass.
 struct llama_elastickv_seq_stats {
     int64_t n_pass;         // passes this sequence took part in
-    int32_t epoch;          // times it started over (cleared, shortened, restored, shifted)
+    int32_t epoch;          // times it started over (cleared, shortened or restored; a K shift re-thresholds without one)
     int32_t last_pass_pos;  // its pos_max at its last pass in this epoch, -1 before the first
     double  k_zero;         // ElasticKV: fraction of its K entries that are zero after its last pass (NaN: not measured)
     double  v_zero;         // the same for V

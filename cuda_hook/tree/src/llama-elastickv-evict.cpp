@@ -529,7 +529,6 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
         if (new_head < kv->v_heads[strm]) {
             kv->v_heads[strm] = new_head; // as seq_rm does: the slot search may start at the first freed cell
         }
-        freed_total += freed;
         seq_freed_total[s] += freed;
         seq_evicted_last[s] = n - union_kept;
         if (stats) {

@@ -38,6 +38,7 @@
 #include "ggml-cpp.h"
 
 #include <cstdio>
+#include <numeric>
 #include <string>
 #include <vector>
 
@@ -87,7 +88,7 @@ struct llama_elastickv_evict {
     size_t device_bytes() const;
 
     // cells freed so far
-    int64_t n_freed() const { return freed_total; }
+    int64_t n_freed() const { return std::accumulate(seq_freed_total.begin(), seq_freed_total.end(), (int64_t) 0); }
 
     // per sequence: cells freed so far, and its resident cells evicted in every layer and KV head at its last pass
     int64_t seq_freed  (llama_seq_id s) const { return (size_t) s < seq_freed_total.size() ? seq_freed_total[s] : 0; }
@@ -144,7 +145,6 @@ private:
     std::vector<int32_t> by_il; // model layer -> index in layers, -1 if none
     std::vector<device> devs;
     int64_t             n_ubatch    = 0; // ubatches seen (their dump names)
-    int64_t             freed_total = 0;
     std::vector<int64_t> seq_freed_total;  // [seq]
     std::vector<int64_t> seq_evicted_last; // [seq]
 };
