@@ -23,7 +23,8 @@ help:
 	@echo "                table with the q8_0 and q4_0 anchors on WikiText-2 (CHUNKS=$(CHUNKS); run-full: all)"
 	@echo "make test       build the test targets (patched + unpatched llama.cpp) and run the test suite"
 	@echo "make test-debug Debug CPU build (asserts on, -O0) and the hook's and op's tests on it (DEBUG_TESTS)"
-	@echo "make sanitize   ASan + UBSan CPU build and the hook's end-to-end tests on it (SANITIZE_TESTS; no report allowed)"
+	@echo "make sanitize   ASan + UBSan CPU build and the hook's end-to-end and server tests on it (SANITIZE_TESTS; no report"
+	@echo "                allowed; not in CI: about an hour on 2 cores)"
 	@echo "make build      CPU build of every tool (perplexity, completion, bench, cli, server, test-backend-ops)"
 	@echo "make build-cuda CUDA build (CUDA_ARCH=90, FA_QUANTS='f16-f16;q8_0-q8_0;q4_0-q4_0;q8_0-f16')"
 	@echo "make bench      the op's bandwidth against memcpy (bench-op), then the decode overhead (llama-bench, hook on/off)"
@@ -81,12 +82,14 @@ test-debug: $(VENV)/.stamp model
 # AddressSanitizer + UndefinedBehaviorSanitizer build of the patched tools, and the hook's end-to-end tests on it.
 # Sanitizer reports go to files (build/sanitize/), so that one raised in a run a test expects to fail is not missed:
 # the target fails if any report was written.
-# (test_hook_identity.py compares with the unpatched tree, which has no sanitized build)
-SANITIZE_TESTS ?= tests/test_hook_errors.py tests/test_hook_layouts.py tests/test_hook_sparsity.py \
-                  tests/test_hook_sequences.py tests/test_fuzz_env.py tests/test_policies.py
+# test_hook_identity.py compares with the unpatched tree, built sanitized too (the same flags: bit-identical logits).
+SANITIZE_TESTS ?= tests/test_hook_errors.py tests/test_hook_layouts.py tests/test_hook_identity.py \
+                  tests/test_hook_sparsity.py tests/test_hook_sequences.py tests/test_fuzz_env.py \
+                  tests/test_policies.py tests/test_server.py
 SANITIZE_DIR   := build/sanitize
 sanitize: $(VENV)/.stamp model
-	scripts/setup/build_llamacpp.sh --sanitize -j $(JOBS) llama-perplexity llama-completion
+	scripts/setup/build_llamacpp.sh --sanitize -j $(JOBS) llama-perplexity llama-completion llama-server
+	scripts/setup/build_llamacpp.sh --upstream --sanitize -j $(JOBS) llama-perplexity
 	rm -rf $(SANITIZE_DIR) && mkdir -p $(SANITIZE_DIR)
 	EKV_BUILD_VARIANT=cpu-sanitize ASAN_OPTIONS=log_path=$(CURDIR)/$(SANITIZE_DIR)/asan \
 	    UBSAN_OPTIONS=log_path=$(CURDIR)/$(SANITIZE_DIR)/ubsan:print_stacktrace=1 $(PY) -m pytest $(SANITIZE_TESTS) $(TEST_ARGS)

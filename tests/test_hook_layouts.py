@@ -1,10 +1,11 @@
 # SPDX-License-Identifier: Apache-2.0
-"""Every KV cache layout (issue 13, item 5): the hook covers every attention layer of a model whose attention layers
-live in one KV cache and says so ("N of M attention layers (one KV cache)"), or refuses the model when the context
-is created, with a message; never a silent partial coverage. Tiny random models written with the gguf package
-(scripts/gpu/write_model.py, seconds, no download): llama (one cache) and gemma2 (iSWA: layers alternate between a
-sliding-window cache and a full one), mamba (recurrent: no KV cache at all) and jamba (hybrid: Mamba layers beside
-attention layers)."""
+"""Every KV cache layout (issue 13, item 5): the hook covers every attention layer of the model, in whichever cache
+it lives, and says so ("N of M attention layers (one KV cache)", or the full and the sliding-window cache of an iSWA
+model with their layers), or refuses the model when the context is created, with a message; never a silent partial
+coverage. Tiny random models written with the gguf package (scripts/gpu/write_model.py, seconds, no download):
+llama (one cache) and gemma2 (iSWA: layers alternate between a sliding-window cache and a full one: ElasticKV and
+the element baselines cover both, token policies are refused), mamba (recurrent: no KV cache at all) and jamba
+(hybrid: Mamba layers beside attention layers)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from elastickv import paths, tools
+import numpy as np
+
+from elastickv import dump, paths, tools
+from elastickv import reference as ref
 
 PROMPT = "The quick brown fox jumps over the lazy dog, and then it runs back home again. " * 2
 
@@ -56,14 +60,77 @@ def test_one_cache_every_attention_layer_covered_and_said(tiny, tmp_path):
     assert layers == {0, 1}  # passes ran over both layers
 
 
-def test_iswa_model_is_refused_with_its_layer_split(tiny):
+def iswa_run(tiny, tmp_path, extra: dict[str, str] | None = None):
+    stats, dumps = tmp_path / "stats.jsonl", tmp_path / "dumps"
+    r = run(tiny["gemma2"], ON | {"ELASTICKV_STATS": str(stats), "ELASTICKV_DUMP": str(dumps)} | (extra or {}))
+    assert r.returncode == 0, r.stderr[-2000:]
+    records = [json.loads(line) for line in stats.read_text().splitlines()]
+    return r, records, dumps
+
+
+def test_iswa_model_every_attention_layer_covered_in_both_caches(tiny, tmp_path):
+    """gemma2: layer 0 in a sliding-window cache of 16 positions, layer 1 in the full cache. The echo says 2 of 2
+    layers and names both caches; the stats have records of both; each cache's pass zeroes what the numpy reference
+    zeroes, over the sequence's cells in the full cache and over the cells the window holds in the other."""
+    r, records, dumps = iswa_run(tiny, tmp_path)
+    assert ("elastickv: cache K f16 V f16, 2 of 2 attention layers (full cache: 1 layer, 256 cells; sliding-window "
+            "cache (window 16): 1 layer, ") in r.stderr
+    config = [x for x in records if x["record"] == "config"]
+    assert len(config) == 1 and config[0]["n_layer"] == 2 and config[0]["swa_layers"] == [0]
+    heads = [x for x in records if x["record"] == "head"]
+    assert {(h["cache"], h["layer"]) for h in heads} == {("full", 1), ("swa", 0)}
+    for cache in ("full", "swa"):
+        assert sum(h["n"] - h["nnz"] for h in heads if h["cache"] == cache) > 0  # each cache had entries zeroed
+    # the sliding-window cache's passes saw the window only; the full cache's every position of the sequence
+    n_obs = {(h["cache"], h["pass"]): h["n_obs"] / 32 for h in heads if h["kv"] == "k" and h["head"] == 0}
+    last = max(p for _, p in n_obs)
+    assert n_obs[("swa", last)] == 16 and n_obs[("full", last)] > 100
+
+    passes = {cache: dump.passes(dumps, cache) for cache in dump.CACHES}
+    assert passes["full"] == passes["swa"] and len(passes["full"]) >= 10  # both caches pass at the same ubatches
+    for cache in dump.CACHES:
+        for ctx, p in passes[cache]:
+            d = dump.load(dumps, ctx, p, cache)
+            assert d.manifest["cache"] == cache and d.layers == ([0] if cache == "swa" else [1])
+            pos_max = d.manifest["seqs"][0]["pos_max"]
+            held = dump.owned_cells(dump.kv_cells(dumps, ctx, p, cache), 0)
+            want = held[held[:, 2] > pos_max - 16] if cache == "swa" else held
+            if cache == "swa" and pos_max >= 16:
+                assert len(want) == 16 and len(held) > len(want)  # the cache still holds cells outside the window
+            for kind, scale in (("k", 0.35), ("v", 0.17)):
+                cells = d.cells[kind]
+                assert np.array_equal(cells[:, 1:3], want[:, 1:3]), f"{cache} pass {p} {kind}: the cells listed"
+                process = cells[:, 2] >= 4  # sinks by position
+                assert np.array_equal((cells[:, 3] & ref.PROCESS) != 0, process)
+                before, after = d.values(d.layers[0], kind, "before"), d.values(d.layers[0], kind, "after")
+                mask = ref.threshold_dump(before, cells[:, 3] & ref.GROUP_MASK, process, scale)
+                assert np.array_equal(np.where(mask, 0.0, before), after), f"{cache} pass {p} {kind}"
+
+
+def test_iswa_model_with_a_scale_that_zeroes_nothing_is_the_hook_off(tiny):
+    off = run(tiny["gemma2"], None)
+    on = run(tiny["gemma2"], ON | {"ELASTICKV_SCALE_K": "1e-20", "ELASTICKV_SCALE_V": "1e-20", "ELASTICKV_VERBOSE": "1"})
+    assert off.returncode == 0 and on.returncode == 0, on.stderr[-2000:]
+    assert "elastickv: sliding-window cache: pass" in on.stderr  # passes ran in both caches
+    assert on.stdout == off.stdout
+
+
+def test_iswa_model_element_baseline_covers_both_caches(tiny, tmp_path):
+    _, records, _ = iswa_run(tiny, tmp_path, {"ELASTICKV_POLICY": "topk_entries", "ELASTICKV_BUDGET": "0.5"})
+    entries = [x for x in records if x["record"] == "entries"]
+    assert {(x["cache"], x["layer"]) for x in entries} == {("full", 1), ("swa", 0)}
+    assert all(x["nnz_obs"] < x["n_obs"] for x in entries)
+
+
+@pytest.mark.parametrize("policy", ["streaming", "h2o"])
+def test_iswa_model_token_policy_is_refused_with_its_layer_split(tiny, policy):
     off = run(tiny["gemma2"], None)
     assert off.returncode == 0, off.stderr[-2000:]  # the model itself runs
-    r = run(tiny["gemma2"], ON)
-    assert r.returncode != 0 and r.returncode > 0  # an exit, not a signal
-    assert ("elastickv: ELASTICKV=1 but this model splits its attention layers between two KV caches (iSWA): "
-            "1 of 2 attention layers in a sliding-window cache of 16 positions, the others in a full cache; the hook "
-            "covers models with one attention KV cache only") in r.stderr
+    r = run(tiny["gemma2"], ON | {"ELASTICKV_POLICY": policy, "ELASTICKV_BUDGET": "0.5"})
+    assert r.returncode == 1, r.stderr[-2000:]  # llama-completion's exit when the context cannot be created
+    assert (f"elastickv: ELASTICKV_POLICY={policy} is refused for this model: it splits its attention layers between "
+            "two KV caches (iSWA): 1 of 2 attention layers in a sliding-window cache of 16 positions, the others in a "
+            "full cache, and token policies evict cells of one cache only") in r.stderr
     assert "elastickv: cache K" not in r.stderr  # no coverage echo: nothing ran
 
 
@@ -83,5 +150,6 @@ def test_hybrid_model_is_refused_with_a_message(tiny):
     r = run(tiny["jamba"], ON)
     assert r.returncode == 1, r.stderr[-2000:]
     assert ("elastickv: ELASTICKV=1 but this model's memory is hybrid (recurrent layers beside attention layers); the "
-            "hook covers models with one attention KV cache only") in r.stderr
+            "hook sparsifies attention KV caches, not recurrent states, and would leave part of the model untouched; run "
+            "it with ELASTICKV unset or 0") in r.stderr
     assert "elastickv: cache K" not in r.stderr

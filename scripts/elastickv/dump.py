@@ -13,6 +13,11 @@ For every pass the hook writes, with prefix ``ctx<C>_pass<PPPPPP>``:
   (stream, cell, pos, seq), one per sequence a non-empty cell belongs to, read from llama.cpp's cell
   metadata over every cell index (independently of the lists above: :func:`kv_cells`). Token-eviction
   passes write it too.
+
+A model whose attention layers are split between a full and a sliding-window cache (iSWA) gets the files above for
+its full cache and the same files with prefix ``ctx<C>_swa_pass<PPPPPP>`` for its sliding-window cache, whose
+passes list the cells the window of the sequence's last position holds (``cache`` in the .json: ``one``, ``full``
+or ``swa``; pass ``cache="swa"`` to :func:`passes`, :func:`load` and :func:`kv_cells`).
 """
 
 from __future__ import annotations
@@ -39,9 +44,21 @@ class DumpPass:
         return np.load(f"{self.prefix}_l{layer:03d}_{kind}_{when}.npy")
 
 
-def kv_cells(folder: Path, ctx: int, pass_id: int) -> np.ndarray:
+#: the caches a pass can be of: "full" (the model's only cache, or an iSWA model's full cache) or "swa"
+CACHES = ("full", "swa")
+
+
+def _prefix(ctx: int, pass_id: int, cache: str) -> str:
+    """The file prefix of a pass: ``ctx<C>_pass<P>``, or ``ctx<C>_swa_pass<P>`` for the sliding-window cache of a
+    model whose attention layers are split between a full and a sliding-window cache (iSWA)."""
+    if cache not in CACHES:
+        raise ValueError(f"cache {cache!r}: one of {', '.join(CACHES)}")
+    return f"ctx{ctx}_{'swa_' if cache == 'swa' else ''}pass{pass_id:06d}"
+
+
+def kv_cells(folder: Path, ctx: int, pass_id: int, cache: str = "full") -> np.ndarray:
     """The cache's own occupied cells at a pass: int32 [m, 4] rows (stream, cell, pos, seq)."""
-    return np.load(Path(folder) / f"ctx{ctx}_pass{pass_id:06d}_kvcells.npy")
+    return np.load(Path(folder) / f"{_prefix(ctx, pass_id, cache)}_kvcells.npy")
 
 
 def owned_cells(table: np.ndarray, seq: int) -> np.ndarray:
@@ -82,13 +99,14 @@ def _keys(folder: Path, pattern: str) -> list[tuple[int, ...]]:
     return sorted(out)
 
 
-def passes(folder: Path) -> list[tuple[int, int]]:
-    """(ctx, pass) of every pass in the folder, in order."""
-    return _keys(folder, r"ctx(\d+)_pass(\d+)\.json")
+def passes(folder: Path, cache: str = "full") -> list[tuple[int, int]]:
+    """(ctx, pass) of every pass of ``cache`` in the folder, in order."""
+    _prefix(0, 0, cache)  # validates cache
+    return _keys(folder, r"ctx(\d+)_swa_pass(\d+)\.json" if cache == "swa" else r"ctx(\d+)_pass(\d+)\.json")
 
 
-def load(folder: Path, ctx: int, pass_id: int) -> DumpPass:
-    prefix = Path(folder) / f"ctx{ctx}_pass{pass_id:06d}"
+def load(folder: Path, ctx: int, pass_id: int, cache: str = "full") -> DumpPass:
+    prefix = Path(folder) / _prefix(ctx, pass_id, cache)
     manifest = json.loads(Path(f"{prefix}.json").read_text())
     cells = {}
     for kind in ("k", "v"):

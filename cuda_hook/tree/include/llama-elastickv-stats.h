@@ -19,12 +19,14 @@ struct llama_elastickv_seq_stats {
     int64_t n_pass;         // passes this sequence took part in
     int32_t epoch;          // times it started over (cleared, shortened or restored; a K shift re-thresholds without one)
     int32_t last_pass_pos;  // its pos_max at its last pass in this epoch, -1 before the first
-    double  k_zero;         // ElasticKV: fraction of its K entries that are zero after its last pass (NaN: not measured)
+    double  k_zero;         // ElasticKV: fraction of its K entries that are zero after its last pass, over every
+                            // attention layer (NaN: not measured)
     double  v_zero;         // the same for V
     int64_t n_evicted;      // token policies: its resident cells evicted in every layer and KV head at its last pass
     int64_t n_freed;        // token policies: cells of this sequence released (total)
-    int64_t n_cells;        // cells that hold this sequence now (resident)
-    int64_t kv_bytes;       // bytes of K and V of those cells, summed over every layer of the hook's cache
+    int64_t n_cells;        // cells that hold this sequence now (resident; an iSWA model: in its full cache)
+    int64_t kv_bytes;       // bytes of K and V of its cells, summed over every attention layer (an iSWA model: of both
+                            // caches, the sliding-window cache holding only the window's cells)
 };
 
 // Fills *out and returns true when the hook is on in this context and seq_id is one of its sequences; returns

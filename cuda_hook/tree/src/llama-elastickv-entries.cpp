@@ -92,8 +92,8 @@ void llama_elastickv::impl::entries_apply(const std::vector<llama_seq_id> & seqs
                 }
             }
             if (stats && n_all > 0) {
-                fprintf(stats, "{\"record\": \"entries\", \"ctx\": %d, \"pass\": %" PRId64 ", \"layer\": %d, \"kv\": \"%s\", "
-                    "\"n_obs\": %.0f, \"nnz_obs\": %.0f}\n", ctx_id, n_pass, l.il, kind == 0 ? "k" : "v", n_all, nnz_all);
+                fprintf(stats, "{\"record\": \"entries\", \"ctx\": %d, \"pass\": %" PRId64 ", \"cache\": \"%s\", \"layer\": %d, "
+                    "\"kv\": \"%s\", \"n_obs\": %.0f, \"nnz_obs\": %.0f}\n", ctx_id, n_pass, cache ? cache : "one", l.il, kind == 0 ? "k" : "v", n_all, nnz_all);
             }
         }
     }

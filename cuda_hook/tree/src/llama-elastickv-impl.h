@@ -15,6 +15,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <memory>
+#include <string>
 #include <vector>
 
 struct llama_elastickv::impl {
@@ -52,12 +53,14 @@ struct llama_elastickv::impl {
         int64_t   n_pass        = 0;   // passes this sequence took part in
         double    k_zero        = NAN; // zero fraction of its K / V after its last pass, when read back (collect)
         double    v_zero        = NAN;
+        double    k_obs = 0, k_nnz = 0, v_obs = 0, v_nnz = 0; // the entries behind k_zero / v_zero (0: not read back)
     };
 
     llama_elastickv_config cfg;
     const llama_cparams &  cparams;
     llama_kv_cache *       kv;
     int32_t                ctx_id;
+    const char *           cache = nullptr; // iSWA models: "full" or "swa" (the cache kv is); nullptr: the only cache
 
     bool     unified;
     uint32_t n_stream;
@@ -127,9 +130,18 @@ struct llama_elastickv::impl {
         sq.last_pass_pos = -1;
         sq.epoch++;
         sq.k_zero = sq.v_zero = NAN;
+        sq.k_obs = sq.k_nnz = sq.v_obs = sq.v_nnz = 0;
         sq.reset_k = sq.reset_v = true;
         mark_seq_unprocessed(s, true, true);
     }
+
+    // what a ubatch, a K-shift or a state read means for this cache (llama-elastickv.cpp)
+    void on_ubatch(const llama_ubatch & ubatch);
+    void on_memory_update();
+    void on_state_read(llama_seq_id seq_id);
+
+    // the prefix of this cache's dump files: ctx<C>_pass<P>, or ctx<C>_swa_pass<P> for a sliding-window cache
+    std::string file_prefix() const;
 
     // llama-elastickv.cpp
     void setup(const llama_model & model, const std::vector<ggml_backend_t> & backends);
@@ -144,8 +156,8 @@ struct llama_elastickv::impl {
     size_t cell_bytes() const;
 
     // llama-elastickv-report.cpp
-    void echo(const llama_model & model) const;
-    void write_config_record() const;
+    void echo(const llama_model & model, const impl * swa) const;   // one echo for both caches of an iSWA model
+    void write_config_record(const impl * swa) const;
     void read_state(std::vector<std::vector<double>> & host) const;
     void report(const std::vector<llama_seq_id> & seqs_pass, const std::vector<std::vector<double>> & host, double ms);
     void dump(const char * when) const;

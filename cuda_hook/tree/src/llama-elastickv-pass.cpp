@@ -6,6 +6,8 @@
 #include "llama-elastickv-impl.h"
 #include "llama-elastickv-internal.h"
 
+#include "llama-hparams.h"
+
 #include "ggml-backend.h"
 #include "ggml-kv-sparsify.h"
 
@@ -13,7 +15,8 @@
 #include <string>
 #include <vector>
 
-// Fills list_k/list_v for the sequences flagged in in_pass.
+// Fills list_k/list_v for the sequences flagged in in_pass: their cells (in a sliding-window cache, those the window
+// holds), sinks by position.
 void llama_elastickv::impl::build_lists(const std::vector<uint8_t> & in_pass) {
     const bool full = cfg.mode == LLAMA_ELASTICKV_MODE_FULL && !desc; // element baselines treat each cell once
     for (uint32_t strm = 0; strm < n_stream; ++strm) {
@@ -30,6 +33,10 @@ void llama_elastickv::impl::build_lists(const std::vector<uint8_t> & in_pass) {
             const llama_seq_id s = owner(cells, c);
             if (s < 0 || !in_pass[s]) {
                 continue;
+            }
+            if (kv->swa_type != LLAMA_SWA_TYPE_NONE &&
+                llama_hparams::is_masked_swa(kv->n_swa, kv->swa_type, cells.pos_get(c), cells.seq_pos_max(s))) {
+                continue; // a sliding-window cache: outside the window of the sequence's last position, never read again
             }
             const int32_t group = (int32_t) group_of(s);
             const bool    sink  = cells.pos_get(c) < cfg.sink;

@@ -36,7 +36,7 @@ std::string ekv_json_escape(const std::string & s) {
 
 } // namespace
 
-void llama_elastickv::impl::echo(const llama_model & model) const {
+void llama_elastickv::impl::echo(const llama_model & model, const impl * swa) const {
     const auto & hparams = model.hparams;
     std::string devnames;
     for (const auto & d : devs) {
@@ -59,15 +59,26 @@ void llama_elastickv::impl::echo(const llama_model & model) const {
                 kv->get_size(), cparams.n_ctx_seq);
         }
     }
-    LLAMA_LOG_WARN("elastickv: cache K %s V %s%s, %zu of %u attention layers (one KV cache) x %u KV heads x head dim "
+    // which caches the layers live in: "(one KV cache)", or each cache of an iSWA model with its layers and cells
+    std::string where = "one KV cache";
+    size_t n_covered = layers.size();
+    if (swa) {
+        n_covered += swa->layers.size();
+        auto n_layers = [](size_t n) { return std::to_string(n) + (n == 1 ? " layer" : " layers"); };
+        where = "full cache: " + n_layers(layers.size()) + ", " + std::to_string(kv->get_size()) + " cells; "
+                "sliding-window cache (window " + std::to_string(hparams.n_swa) + "): " + n_layers(swa->layers.size()) +
+                ", " + std::to_string(swa->kv->get_size()) + " cells";
+    }
+    LLAMA_LOG_WARN("elastickv: cache K %s V %s%s, %zu of %u attention layers (%s) x %u KV heads x head dim "
                    "%u/%u, %u stream(s), %u group(s), K domain %s, V domain %s, backend %s\n",
         ggml_type_name(kv->type_k()), ggml_type_name(kv->type_v()), v_trans ? " (V transposed)" : "",
-        layers.size(), hparams.n_layer(), hparams.n_head_kv(0), hparams.n_embd_head_k(0), hparams.n_embd_head_v(0), n_stream, n_group,
-        kv->attn_rot_k ? "hadamard-rotated" : "plain", kv->attn_rot_v ? "hadamard-rotated" : "plain", devnames.c_str());
+        n_covered, hparams.n_layer(), where.c_str(), hparams.n_head_kv(0), hparams.n_embd_head_k(0), hparams.n_embd_head_v(0),
+        n_stream, n_group, kv->attn_rot_k ? "hadamard-rotated" : "plain", kv->attn_rot_v ? "hadamard-rotated" : "plain", devnames.c_str());
 }
 
-// The ELASTICKV_STATS config record, once per context (nothing without ELASTICKV_STATS).
-void llama_elastickv::impl::write_config_record() const {
+// The ELASTICKV_STATS config record, once per context (nothing without ELASTICKV_STATS): n_layer counts the layers
+// of both caches of an iSWA model, whose layers of the sliding-window cache are listed in swa_layers.
+void llama_elastickv::impl::write_config_record(const impl * swa) const {
     if (!stats) {
         return;
     }
@@ -77,11 +88,16 @@ void llama_elastickv::impl::write_config_record() const {
         llama_elastickv_policy_name_of(c.policy), c.budget.fraction, c.budget.cells, c.budget.recent, c.budget.heavy_ratio, c.budget.seed, c.budget.beta);
     fprintf(stats, "\"ctx\": %d, \"mode\": \"%s\", \"preset\": \"%s\", \"scale_k\": %.6g, "
         "\"scale_v\": %.6g, \"sink\": %d, \"evict_every\": %d, \"warm\": %d, \"type_k\": \"%s\", \"type_v\": \"%s\", "
-        "\"v_trans\": %s, \"rot_k\": %s, \"rot_v\": %s, \"n_layer\": %zu, \"n_stream\": %u, \"n_group\": %u, \"stats\": \"%s\"}\n",
+        "\"v_trans\": %s, \"rot_k\": %s, \"rot_v\": %s, \"n_layer\": %zu, \"n_stream\": %u, \"n_group\": %u, \"stats\": \"%s\", "
+        "\"swa_layers\": [",
         ctx_id, llama_elastickv_mode_name(c.mode), c.preset.c_str(), c.scale_k, c.scale_v, c.sink, c.evict_every, c.warm,
         ggml_type_name(kv->type_k()), ggml_type_name(kv->type_v()), v_trans ? "true" : "false",
         kv->attn_rot_k ? "true" : "false", kv->attn_rot_v ? "true" : "false",
-        layers.size(), n_stream, n_group, ekv_json_escape(c.stats_path).c_str());
+        layers.size() + (swa ? swa->layers.size() : 0), n_stream, n_group, ekv_json_escape(c.stats_path).c_str());
+    for (size_t i = 0; swa && i < swa->layers.size(); ++i) {
+        fprintf(stats, "%s%d", i ? ", " : "", swa->layers[i].il);
+    }
+    fprintf(stats, "]}\n");
     fflush(stats);
 }
 
@@ -128,9 +144,9 @@ void llama_elastickv::impl::report(const std::vector<llama_seq_id> & seqs_pass, 
                     lay[1] += st[GGML_KV_SPARSIFY_NNZ_OBS];
                     if (stats) {
                         fprintf(stats, "{\"record\": \"head\", \"ctx\": %d, \"pass\": %" PRId64 ", \"seq\": %d, \"epoch\": %d, "
-                            "\"pos_max\": %d, \"layer\": %d, \"kv\": \"%s\", \"head\": %d, \"scale\": %.6g, \"tau\": %.9g, "
+                            "\"pos_max\": %d, \"cache\": \"%s\", \"layer\": %d, \"kv\": \"%s\", \"head\": %d, \"scale\": %.6g, \"tau\": %.9g, "
                             "\"S\": %.17g, \"N\": %.0f, \"n\": %.0f, \"nnz\": %.0f, \"n_obs\": %.0f, \"nnz_obs\": %.0f, \"hist\": [",
-                            ctx_id, n_pass, s, seqs[s].epoch, pos_max, l.il, kind == 0 ? "k" : "v", hd, scale,
+                            ctx_id, n_pass, s, seqs[s].epoch, pos_max, cache ? cache : "one", l.il, kind == 0 ? "k" : "v", hd, scale,
                             st[GGML_KV_SPARSIFY_TAU], st[GGML_KV_SPARSIFY_S], st[GGML_KV_SPARSIFY_N],
                             st[GGML_KV_SPARSIFY_N_PROC], st[GGML_KV_SPARSIFY_NNZ_PROC],
                             st[GGML_KV_SPARSIFY_N_OBS], st[GGML_KV_SPARSIFY_NNZ_OBS]);
@@ -154,13 +170,17 @@ void llama_elastickv::impl::report(const std::vector<llama_seq_id> & seqs_pass, 
         // what llama_elastickv_get_seq_stats reports: the sequence's zero fraction after this pass
         seqs[s].k_zero = tot[0][0] > 0 ? 1.0 - tot[0][1]/tot[0][0] : NAN;
         seqs[s].v_zero = tot[1][0] > 0 ? 1.0 - tot[1][1]/tot[1][0] : NAN;
+        seqs[s].k_obs  = tot[0][0];
+        seqs[s].k_nnz  = tot[0][1];
+        seqs[s].v_obs  = tot[1][0];
+        seqs[s].v_nnz  = tot[1][1];
         if (cfg.verbose >= 1) {
             const double nk = tot[0][0], nv = tot[1][0];
             const double zk = nk > 0 ? 100.0*(1.0 - tot[0][1]/nk) : 0.0;
             const double zv = nv > 0 ? 100.0*(1.0 - tot[1][1]/nv) : 0.0;
             const double nominal = (tot[0][1] + tot[1][1]) > 0 ? (nk + nv)/(tot[0][1] + tot[1][1]) : 0.0;
-            LLAMA_LOG_WARN("elastickv: pass %" PRId64 " seq %d epoch %d pos_max %d (%s): K %.1f%% V %.1f%% zero, nominal %.3fx, %.2f ms\n",
-                n_pass, s, seqs[s].epoch, pos_max, llama_elastickv_mode_name(cfg.mode), zk, zv, nominal, ms);
+            LLAMA_LOG_WARN("elastickv: %spass %" PRId64 " seq %d epoch %d pos_max %d (%s): K %.1f%% V %.1f%% zero, nominal %.3fx, %.2f ms\n",
+                cache && strcmp(cache, "swa") == 0 ? "sliding-window cache: " : "", n_pass, s, seqs[s].epoch, pos_max, llama_elastickv_mode_name(cfg.mode), zk, zv, nominal, ms);
         }
     }
     if (stats) {
@@ -173,8 +193,7 @@ void llama_elastickv::impl::dump(const char * when) const {
     for (const auto & D : devs) {
         ggml_backend_synchronize(D.backend);
     }
-    char prefix[64];
-    snprintf(prefix, sizeof(prefix), "ctx%d_pass%06" PRId64, ctx_id, n_pass);
+    const std::string prefix = file_prefix();
     if (strcmp(when, "before") == 0) {
         // the cache's own occupied cells, for checking that the lists below cover every cell of the sequences
         llama_elastickv_write_cells(cfg.dump_dir + "/" + prefix + "_kvcells.npy", kv->v_cells);
@@ -211,25 +230,30 @@ void llama_elastickv::impl::dump(const char * when) const {
                 llama_elastickv_read_rows(t, strm, kind == 1 && v_trans, n_embd, cells[strm], out);
             }
             char name[96];
-            snprintf(name, sizeof(name), "%s_l%03d_%s_%s.npy", prefix, l.il, kn, when);
+            snprintf(name, sizeof(name), "%s_l%03d_%s_%s.npy", prefix.c_str(), l.il, kn, when);
             llama_elastickv_write_npy(cfg.dump_dir + "/" + name, "<f4", { (int64_t) (out.size()/n_embd), l.n_head, hd },
                 out.data(), out.size()*sizeof(float));
         }
     }
 }
 
-// Writes ctx<C>_pass<P>.json next to the pass's .npy files: the configuration, the sequences and the layers.
+std::string llama_elastickv::impl::file_prefix() const {
+    char prefix[64];
+    snprintf(prefix, sizeof(prefix), "ctx%d_%spass%06" PRId64, ctx_id, cache && strcmp(cache, "swa") == 0 ? "swa_" : "", n_pass);
+    return prefix;
+}
+
+// Writes ctx<C>_pass<P>.json (ctx<C>_swa_pass<P>.json for a sliding-window cache) next to the pass's .npy files: the configuration, the sequences and the layers.
 void llama_elastickv::impl::dump_pass_meta(const std::vector<llama_seq_id> & seqs_pass) const {
-    char name[64];
-    snprintf(name, sizeof(name), "ctx%d_pass%06" PRId64 ".json", ctx_id, n_pass);
-    const std::string path = cfg.dump_dir + "/" + name;
+    const std::string path = cfg.dump_dir + "/" + file_prefix() + ".json";
     FILE * f = fopen(path.c_str(), "w");
     if (f) {
         fprintf(f, "{\"policy\": \"%s\", \"fraction\": %.17g, \"seed\": %" PRIu64 ", ", llama_elastickv_policy_name_of(cfg.policy), cfg.budget.fraction, cfg.budget.seed);
         fprintf(f, "\"ctx\": %d, \"pass\": %" PRId64 ", \"mode\": \"%s\", \"scale_k\": %.6g, \"scale_v\": %.6g, \"sink\": %d, "
-            "\"type_k\": \"%s\", \"type_v\": \"%s\", \"v_trans\": %s, \"unified\": %s, \"seqs\": [",
+            "\"type_k\": \"%s\", \"type_v\": \"%s\", \"v_trans\": %s, \"unified\": %s, \"cache\": \"%s\", \"seqs\": [",
             ctx_id, n_pass, llama_elastickv_mode_name(cfg.mode), cfg.scale_k, cfg.scale_v, cfg.sink,
-            ggml_type_name(kv->type_k()), ggml_type_name(kv->type_v()), v_trans ? "true" : "false", unified ? "true" : "false");
+            ggml_type_name(kv->type_k()), ggml_type_name(kv->type_v()), v_trans ? "true" : "false", unified ? "true" : "false",
+            cache ? cache : "one");
         for (size_t i = 0; i < seqs_pass.size(); ++i) {
             const llama_seq_id s = seqs_pass[i];
             fprintf(f, "%s{\"seq\": %d, \"epoch\": %d, \"pos_max\": %d, \"stream\": %u, \"group\": %u}", i ? ", " : "",

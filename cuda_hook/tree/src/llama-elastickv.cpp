@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: MIT
-// ElasticKV hook: the setup on a context (cache, layers, devices, the checks that refuse what cannot run), the
-// per-sequence triggers and rewinds, sink masks by position and the entry points of llama_elastickv. The pass
+// ElasticKV hook: the setup on a context (caches, layers, devices, the checks that refuse what cannot run; one impl
+// per attention KV cache, two on an iSWA model, fanned out by the entry points), the per-sequence triggers and rewinds, sink masks by position and the entry points of llama_elastickv. The pass
 // itself (lists, upload, the ElasticKV op per layer) is in llama-elastickv-pass.cpp; element baselines in
 // llama-elastickv-entries.cpp, token evictions in llama-elastickv-evict.cpp. The
 // ELASTICKV_* variables are read in llama-elastickv-config.cpp; stats records, verbose lines and dumps are
@@ -97,27 +97,36 @@ ggml_backend_t llama_elastickv_backend_for(ggml_backend_buffer_type_t buft, cons
         ggml_backend_buft_name(buft));
 }
 
-// finds the attention KV cache this hook works on: one cache holding every attention layer. A model whose attention
-// layers are split between a full and a sliding-window cache (iSWA), or whose memory is recurrent or hybrid, is
-// refused with a message: covering only some of its layers would be a silent partial coverage.
-static llama_kv_cache * ekv_find_kv(llama_memory_i * memory, const llama_hparams & hparams) {
+// finds the attention KV caches this hook works on: the model's one cache, or the full and the sliding-window cache
+// of a model whose attention layers are split between the two (iSWA; *swa is set). A recurrent or hybrid memory is
+// refused with a message: the hook covers every attention layer of a model or refuses it, never part of them.
+static llama_kv_cache * ekv_find_kv(llama_memory_i * memory, const llama_hparams & hparams,
+                                    const llama_elastickv_config & cfg, llama_kv_cache ** swa) {
+    *swa = nullptr;
     if (auto * kv = dynamic_cast<llama_kv_cache *>(memory)) {
         return kv;
     }
-    if (dynamic_cast<llama_kv_cache_iswa *>(memory)) {
-        uint32_t n_swa = 0;
-        for (uint32_t il = 0; il < hparams.n_layer(); ++il) {
-            n_swa += hparams.is_swa(il) ? 1 : 0;
+    if (auto * iswa = dynamic_cast<llama_kv_cache_iswa *>(memory)) {
+        const llama_elastickv_policy_desc * desc = llama_elastickv_policy_get(cfg.policy);
+        if (desc && desc->token) {
+            uint32_t n_swa = 0;
+            for (uint32_t il = 0; il < hparams.n_layer(); ++il) {
+                n_swa += hparams.is_swa(il) ? 1 : 0;
+            }
+            throw std::runtime_error(std::string("elastickv: ELASTICKV_POLICY=") + desc->name + " is refused for this model: "
+                "it splits its attention layers between two KV caches (iSWA): " + std::to_string(n_swa) + " of " +
+                std::to_string(hparams.n_layer()) + " attention layers in a sliding-window cache of " +
+                std::to_string(hparams.n_swa) + " positions, the others in a full cache, and token policies evict cells of "
+                "one cache only; on iSWA models the hook runs ElasticKV (ELASTICKV_POLICY=elastickv) and the element "
+                "baselines (random_entries, topk_entries), which cover both caches");
         }
-        throw std::runtime_error("elastickv: ELASTICKV=1 but this model splits its attention layers between two KV "
-            "caches (iSWA): " + std::to_string(n_swa) + " of " + std::to_string(hparams.n_layer()) + " attention layers "
-            "in a sliding-window cache of " + std::to_string(hparams.n_swa) + " positions, the others in a full cache; "
-            "the hook covers models with one attention KV cache only (it would leave the sliding-window layers "
-            "untouched)");
+        *swa = iswa->get_swa();
+        return iswa->get_base();
     }
     if (dynamic_cast<llama_memory_hybrid *>(memory)) {
         throw std::runtime_error("elastickv: ELASTICKV=1 but this model's memory is hybrid (recurrent layers beside "
-                                 "attention layers); the hook covers models with one attention KV cache only");
+                                 "attention layers); the hook sparsifies attention KV caches, not recurrent states, and would leave part of the "
+                                 "model untouched; run it with ELASTICKV unset or 0");
     }
     if (dynamic_cast<llama_memory_recurrent *>(memory)) {
         throw std::runtime_error("elastickv: ELASTICKV=1 but this model is recurrent (Mamba, RWKV, ...): its memory is "
@@ -321,98 +330,120 @@ llama_elastickv::llama_elastickv(
         const llama_cparams               & cparams,
         llama_memory_i                    * memory,
         const std::vector<ggml_backend_t> & backends) : pimpl(new impl(cfg, cparams)) {
-    pimpl->kv = ekv_find_kv(memory, model.hparams);
+    llama_kv_cache * kv_swa = nullptr;
+    pimpl->kv = ekv_find_kv(memory, model.hparams, cfg, &kv_swa);
     if (!pimpl->kv) {
         throw std::runtime_error("elastickv: ELASTICKV=1 but this model has no attention KV cache the hook supports "
                                  "(recurrent or special memory)");
     }
     pimpl->ctx_id = g_ekv_n_ctx++;
+    if (kv_swa) {
+        swa.reset(new impl(cfg, cparams));
+        swa->kv     = kv_swa;
+        swa->ctx_id = pimpl->ctx_id;
+        swa->cache  = "swa";
+        pimpl->cache = "full";
+    }
     pimpl->setup(model, backends);
-    pimpl->echo(model);
-    pimpl->write_config_record();
+    if (swa) {
+        swa->setup(model, backends);
+    }
+    pimpl->echo(model, swa.get());
+    pimpl->write_config_record(swa.get());
 }
 
 llama_elastickv::~llama_elastickv() = default;
 
 void llama_elastickv::on_memory_update() {
-    auto & I = *pimpl;
-    if (!I.kv->get_has_shift()) {
+    pimpl->on_memory_update();
+    if (swa) {
+        swa->on_memory_update();
+    }
+}
+
+void llama_elastickv::impl::on_memory_update() {
+    if (!kv->get_has_shift()) {
         return;
     }
     // RoPE re-rotation mixes K entries pairwise: zeroed K entries of shifted cells are no longer zero
-    for (uint32_t strm = 0; strm < I.n_stream; ++strm) {
-        const auto & cells = I.cells_of(strm);
-        std::vector<uint8_t> hit(I.n_seq, 0);
+    for (uint32_t strm = 0; strm < n_stream; ++strm) {
+        const auto & cells = cells_of(strm);
+        std::vector<uint8_t> hit(n_seq, 0);
         for (uint32_t c = 0; c < cells.size(); ++c) {
             if (!cells.is_empty(c) && cells.get_shift(c) != 0) {
-                for (uint32_t s = 0; s < I.n_seq; ++s) {
+                for (uint32_t s = 0; s < n_seq; ++s) {
                     hit[s] |= cells.seq_has(c, s);
                 }
             }
         }
-        for (uint32_t s = 0; s < I.n_seq; ++s) {
+        for (uint32_t s = 0; s < n_seq; ++s) {
             if (hit[s]) {
-                I.seqs[s].last_pass_pos = -1; // positions moved: pass again at the next ubatch
-                I.seqs[s].reset_k = true;
-                I.mark_seq_unprocessed((llama_seq_id) s, true, false);
+                seqs[s].last_pass_pos = -1; // positions moved: pass again at the next ubatch
+                seqs[s].reset_k = true;
+                mark_seq_unprocessed((llama_seq_id) s, true, false);
             }
         }
     }
 }
 
 void llama_elastickv::on_ubatch(const llama_ubatch & ubatch) {
-    auto & I = *pimpl;
+    pimpl->on_ubatch(ubatch);
+    if (swa) {
+        swa->on_ubatch(ubatch); // same positions, same triggers: both caches pass at the same ubatch
+    }
+}
 
+void llama_elastickv::impl::on_ubatch(const llama_ubatch & ubatch) {
     // cells written by this ubatch are new; a position at or below the last pass means a rewind
     for (uint32_t i = 0; i < ubatch.n_tokens; ++i) {
         const llama_pos p = ubatch.pos[i];
         for (int32_t j = 0; j < ubatch.n_seq_id[i]; ++j) {
             const llama_seq_id s = ubatch.seq_id[i][j];
-            if (s < 0 || (uint32_t) s >= I.n_seq) {
+            if (s < 0 || (uint32_t) s >= n_seq) {
                 continue;
             }
-            if (p <= I.seqs[s].last_pass_pos) {
-                I.rewind(s);
+            if (p <= seqs[s].last_pass_pos) {
+                rewind(s);
             }
-            const uint32_t strm = I.kv->seq_to_stream[s];
-            const auto & sp = I.cells_of(strm).seq_pos_get(s);
+            const uint32_t strm = kv->seq_to_stream[s];
+            const auto & sp = cells_of(strm).seq_pos_get(s);
             for (auto it = sp.lower_bound({ p, 0 }); it != sp.end() && it->first == p; ++it) {
-                I.processed_k[strm][it->second] = 0;
-                I.processed_v[strm][it->second] = 0;
+                processed_k[strm][it->second] = 0;
+                processed_v[strm][it->second] = 0;
             }
         }
     }
 
-    if (I.cparams.warmup) {
+    if (cparams.warmup) {
         return; // no pass on warm-up decodes
     }
-    if (I.evict) {
-        I.evict->after_ubatch(ubatch, I.ctx_id, I.n_pass); // dumps of the ubatch's queries, when asked
+    if (evict) {
+        evict->after_ubatch(ubatch, ctx_id, n_pass); // dumps of the ubatch's queries, when asked
     }
 
     std::vector<llama_seq_id> due;
     for (uint32_t k = 0; k < ubatch.n_seqs_unq; ++k) {
         const llama_seq_id s = ubatch.seq_id_unq[k];
-        if (s < 0 || (uint32_t) s >= I.n_seq) {
+        if (s < 0 || (uint32_t) s >= n_seq) {
             continue;
         }
-        const llama_pos pos_max = I.kv->seq_pos_max(s);
-        if (pos_max + 1 >= I.cfg.warm && pos_max - I.seqs[s].last_pass_pos >= I.cfg.evict_every) {
+        const llama_pos pos_max = kv->seq_pos_max(s);
+        if (pos_max + 1 >= cfg.warm && pos_max - seqs[s].last_pass_pos >= cfg.evict_every) {
             due.push_back(s);
         }
     }
     if (due.empty()) {
         return;
     }
-    if (I.evict) {
-        I.evict->pass(due, I.ctx_id, I.n_pass, I.stats, I.cfg.verbose);
+    if (evict) {
+        evict->pass(due, ctx_id, n_pass, stats, cfg.verbose);
         for (llama_seq_id s : due) {
-            I.seqs[s].last_pass_pos = I.kv->seq_pos_max(s);
-            I.seqs[s].n_pass++;
+            seqs[s].last_pass_pos = kv->seq_pos_max(s);
+            seqs[s].n_pass++;
         }
-        I.n_pass++;
+        n_pass++;
     } else {
-        I.run_pass(due);
+        run_pass(due);
     }
 }
 
@@ -438,13 +469,19 @@ void llama_elastickv::attn_observe_fa(ggml_context * ctx, ggml_cgraph * gf, ggml
 }
 
 void llama_elastickv::on_state_read(llama_seq_id seq_id) {
-    auto & I = *pimpl;
-    if (I.evict) {
-        I.evict->reset_restored(seq_id);
+    pimpl->on_state_read(seq_id);
+    if (swa) {
+        swa->on_state_read(seq_id);
     }
-    for (uint32_t s = 0; s < I.n_seq; ++s) {
+}
+
+void llama_elastickv::impl::on_state_read(llama_seq_id seq_id) {
+    if (evict) {
+        evict->reset_restored(seq_id);
+    }
+    for (uint32_t s = 0; s < n_seq; ++s) {
         if (seq_id < 0 || (uint32_t) seq_id == s) {
-            I.rewind((llama_seq_id) s);
+            rewind((llama_seq_id) s);
         }
     }
 }

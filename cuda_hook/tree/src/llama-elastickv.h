@@ -125,7 +125,11 @@ struct llama_elastickv {
     struct impl;
 
 private:
+    // One impl per attention KV cache: pimpl for the model's only cache, or for the full cache of a model whose
+    // attention layers are split between a full and a sliding-window cache (iSWA), whose sliding-window cache is
+    // swa's. Every entry point above is fanned out to both; token policies are refused on iSWA models.
     std::unique_ptr<impl> pimpl;
+    std::unique_ptr<impl> swa;
 };
 
 // Parses the environment once; returns nullptr when ELASTICKV is off or the context takes no pass
