@@ -28,7 +28,7 @@ def cpp_presets() -> dict[str, tuple[float, float]]:
 
 def test_mirror_equals_cpp_table():
     table = cpp_table()
-    assert len(table) == 21
+    assert len(table) == 24
     assert [tuple(vars(v).values()) for v in envvars.VARS] == table
 
 
@@ -41,7 +41,9 @@ def test_spec_variables_all_declared():
             "ELASTICKV_WARM", "ELASTICKV_HEAD_DIM", "ELASTICKV_VERBOSE", "ELASTICKV_PRESET", "ELASTICKV_MODE",
             "ELASTICKV_STATS", "ELASTICKV_DUMP", "ELASTICKV_POLICY", "ELASTICKV_BUDGET", "ELASTICKV_RECENT",
             "ELASTICKV_HEAVY_RATIO", "ELASTICKV_SEED", "ELASTICKV_PYRAMID_BETA", "ELASTICKV_SCOPE", "ELASTICKV_FREE",
-            "ELASTICKV_KV_CELLS"}
+            "ELASTICKV_KV_CELLS",
+            # issue 14: the kv-cache-compression systems (semantic's K-means, learned's network)
+            "ELASTICKV_CLUSTERS", "ELASTICKV_CLUSTER_KEYS", "ELASTICKV_LEARNED_WEIGHTS"}
     assert set(envvars.BY_NAME) == spec
 
 
@@ -65,7 +67,7 @@ def test_resolve_defaults_preset_and_override():
     ({"ELASTICKV_MODE": "lazy"}, "ELASTICKV_MODE"),
     ({"ELASTICKV_VERBOSE": "3"}, "ELASTICKV_VERBOSE"),
     ({"ELASTICKV_SCALEK": "0.3"}, "ELASTICKV_SCALEK"),
-    ({"ELASTICKV_POLICY": "lru"}, "ELASTICKV_POLICY"),
+    ({"ELASTICKV_POLICY": "lfu"}, "ELASTICKV_POLICY"),
     ({"ELASTICKV_POLICY": "h2o"}, "ELASTICKV_BUDGET"),
     ({"ELASTICKV_POLICY": "h2o", "ELASTICKV_BUDGET": "1.5"}, "ELASTICKV_BUDGET"),
     ({"ELASTICKV_POLICY": "h2o", "ELASTICKV_BUDGET": "0.5", "ELASTICKV_PRESET": "sweet"}, "ELASTICKV_PRESET"),

@@ -21,6 +21,7 @@ import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from elastickv import envvars, logparse, paths, tools
@@ -36,7 +37,7 @@ GENERIC = ["", " ", "0", "1", "2", "-1", "3", "8", "16", "32", "64", "4096", "0.
            "0.5.5", "99999999999999999999", "9223372036854775808", "2147483648", " 3", "3 ", "+3", "1_0", "1e-400",
            "\u00e9", "auto", "full", "incremental", "sweet", "aggressive", "k-only", "none", "head", "shared"]
 PLAUSIBLE = {
-    "ELASTICKV_POLICY": list(envvars.POLICIES) + ["lru", "H2O", ""],
+    "ELASTICKV_POLICY": list(envvars.POLICIES) + ["lfu", "H2O", ""],
     "ELASTICKV_PRESET": ["none", "sweet", "aggressive", "k-only", "fast"],
     "ELASTICKV_MODE": ["full", "incremental", "lazy"],
     "ELASTICKV_SCOPE": ["head", "shared", "layer"],
@@ -62,6 +63,19 @@ def misspell(rng: random.Random, name: str) -> str:
     return name + "S"
 
 
+def weights_files(tmp: Path) -> list[Path]:
+    """learned's networks: for keys of 32 values (the tiny model's heads), of 64 (another model's), and not one."""
+    from elastickv.policies import learned
+
+    files = [tmp / "mlp32.bin", tmp / "mlp64.bin", tmp / "garbage.bin"]
+    if not files[0].exists():
+        for path, d in zip(files, (32, 64)):
+            r = np.random.default_rng(d)
+            learned.write_weights(path, [(r.normal(size=(o, i)), r.normal(size=o)) for i, o in ((d, 16), (16, 1))])
+        files[2].write_bytes(b"not a network")
+    return files
+
+
 def random_env(rng: random.Random, tmp: Path, k: int) -> dict[str, str]:
     names = [v.name for v in envvars.VARS if v.name != "ELASTICKV"]
     env = {"ELASTICKV": "1" if rng.random() < 0.85 else rng.choice(["0", "", "2", "yes", "1.0", " 1"])}
@@ -70,6 +84,8 @@ def random_env(rng: random.Random, tmp: Path, k: int) -> dict[str, str]:
             value = rng.choice([str(tmp / f"stats-{k}.jsonl"), "", str(tmp), "/proc/no/such/dir/s.jsonl"])
         elif name == "ELASTICKV_DUMP":
             value = rng.choice([str(tmp / f"dump-{k}"), "", str(Path(paths.ROOT) / "requirements.txt")])
+        elif name == "ELASTICKV_LEARNED_WEIGHTS":
+            value = rng.choice([str(p) for p in weights_files(tmp)] + ["", str(tmp / "missing.bin")])
         elif name in PLAUSIBLE and rng.random() < 0.6:
             value = rng.choice(PLAUSIBLE[name])
         else:
@@ -147,7 +163,8 @@ def check(env: dict[str, str], rc: int, log: str) -> str | None:
 # refusals that need the model, the context or the file system, which the mirror cannot see (envvars.resolve's
 # docstring)
 CONTEXT_RULES = re.compile(r"larger than the context|does not match the model|ELASTICKV_KV_CELLS|flash attention|"
-                           r"-fa |cache type|per sequence|cells|cannot be opened|is not a directory|cannot be created",
+                           r"-fa |cache type|per sequence|cells|cannot be opened|is not a directory|cannot be created|"
+                           r"ELASTICKV_LEARNED_WEIGHTS=.*(is not an MLP weights file|takes keys of)",
                            re.IGNORECASE)
 
 

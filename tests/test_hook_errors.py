@@ -36,7 +36,7 @@ BAD_ENV = [
     (ON | {"ELASTICKV_DUMP": "requirements.txt"}, "ELASTICKV_DUMP='requirements.txt' is not a directory"),
     (ON | {"ELASTICKV_SCALEK": "0.3"}, "unknown variable ELASTICKV_SCALEK; known variables: ELASTICKV, ELASTICKV_SCALE_K"),
     # the baselines (ELASTICKV_POLICY): every budget variable validated, unused ones refused
-    (ON | {"ELASTICKV_POLICY": "lru"}, "ELASTICKV_POLICY='lru' is not a policy; accepted: elastickv, streaming, h2o"),
+    (ON | {"ELASTICKV_POLICY": "lfu"}, "ELASTICKV_POLICY='lfu' is not a policy; accepted: elastickv, streaming, h2o"),
     (ON | {"ELASTICKV_POLICY": "h2o"}, "ELASTICKV_POLICY=h2o needs ELASTICKV_BUDGET; accepted: a fraction in (0, 1]"),
     (ON | {"ELASTICKV_POLICY": "h2o", "ELASTICKV_BUDGET": "1.5"}, "ELASTICKV_BUDGET='1.5' is not a fraction in (0, 1]"),
     (ON | {"ELASTICKV_POLICY": "h2o", "ELASTICKV_BUDGET": "150%"}, "ELASTICKV_BUDGET='150%' is not a percentage"),

@@ -2,10 +2,12 @@
 """The baselines of ELASTICKV_POLICY inside real llama.cpp runs equal their numpy definitions
 (scripts/elastickv/policies), evict exactly, and vanish at a budget of 100 %.
 
-* Token policies (streaming, h2o, scissorhands, pyramidkv, random_tokens): for every pass, layer and KV head
-  of one chunk of WikiText-2 (-c 512, -b = -ub = 64, -fa off), the reference selection applied to the
-  dumped scores and evicted flags before the pass gives exactly the flags after it; the flags carry over
-  from pass to pass; sinks and the recent window are never evicted; each head keeps exactly its budget.
+* Token policies (streaming, h2o, scissorhands, pyramidkv, random_tokens, sliding_window, lru, lru_fifo): for every
+  pass, layer and KV head of one chunk of WikiText-2 (-c 512, -b = -ub = 64, -fa off), the reference selection
+  applied to the dumped scores (lru: the recency updated from them) and evicted flags before the pass gives
+  exactly the flags after it; the flags and the recency carry over from pass to pass; sinks (but for
+  sliding_window, which has none) and the recent window are never evicted; each head keeps exactly its budget.
+  lru_fifo keeps StreamingLLM's cells; lru refreshes the recency of used cells and keeps another set.
   The reference's settings (budget, recent window, heavy ratio, seed, pyramid beta) come from the
   ELASTICKV_* variables the test set, read by the Python mirror of the variable table, never from what the
   hook wrote; the hook's own reading must equal them. The cells a pass handles must be exactly the cache's
@@ -33,7 +35,7 @@ import numpy as np
 import pytest
 
 from elastickv import dump, envvars, paths, policies
-from elastickv.policies import common
+from elastickv.policies import common, learned, lru, semantic
 
 SINK = 4
 # policy, extra hook variables
@@ -44,7 +46,22 @@ TOKEN_CASES = [
     ("scissorhands", {"ELASTICKV_BUDGET": "40%"}),
     ("pyramidkv", {"ELASTICKV_BUDGET": "0.4", "ELASTICKV_PYRAMID_BETA": "4"}),
     ("random_tokens", {"ELASTICKV_BUDGET": "0.3", "ELASTICKV_SEED": "7"}),
+    ("sliding_window", {"ELASTICKV_BUDGET": "0.4"}),
+    ("lru", {"ELASTICKV_BUDGET": "0.4"}),
+    ("lru", {"ELASTICKV_BUDGET": "100", "ELASTICKV_HEAVY_RATIO": "1"}),
+    ("lru_fifo", {"ELASTICKV_BUDGET": "0.4"}),
+    ("semantic", {"ELASTICKV_BUDGET": "0.4", "ELASTICKV_CLUSTERS": "8"}),
+    ("semantic", {"ELASTICKV_BUDGET": "0.3", "ELASTICKV_CLUSTER_KEYS": "mean", "ELASTICKV_SEED": "3"}),
+    ("learned", {"ELASTICKV_BUDGET": "0.4", "ELASTICKV_LEARNED_WEIGHTS": "<random>"}),
 ]
+
+
+def random_weights(path, seed: int = 0, dims=learned.DIMS):
+    """A weights file of the notebook's shape with seeded random values (the kept set is checked against the numpy
+    reference whatever the weights; training is tested in tests/test_learned.py)."""
+    rng = np.random.default_rng(seed)
+    return learned.write_weights(path, [(rng.normal(0, 1 / np.sqrt(i), (o, i)), rng.normal(0, 0.1, o))
+                                        for i, o in zip(dims[:-1], dims[1:])])
 
 
 def budget_from_env(env: dict[str, str]) -> common.Budget:
@@ -53,15 +70,20 @@ def budget_from_env(env: dict[str, str]) -> common.Budget:
     r = envvars.resolve(env)
     b = common.parse_budget(env["ELASTICKV_BUDGET"])
     return common.Budget(fraction=b.fraction, cells=b.cells, recent=-1 if r["recent"] == "auto" else r["recent"],
-                         heavy_ratio=r["heavy_ratio"], seed=r["seed"], beta=r["pyramid_beta"])
+                         heavy_ratio=r["heavy_ratio"], seed=r["seed"], beta=r["pyramid_beta"],
+                         clusters=r["clusters"], cluster_keys=r["cluster_keys"],
+                         learned_weights=r.get("learned_weights", ""))
 
 
 def run_dumped(llama, tmp_path, policy, extra, chunks=1):
     folder = tmp_path / "dump"
     # logical eviction (cells stay allocated behind the bias): every pass lists all cells of the sequence;
     # freeing is tested in tests/test_real_memory.py
-    env = {"ELASTICKV": "1", "ELASTICKV_POLICY": policy, "ELASTICKV_SINK": str(SINK),
-           "ELASTICKV_DUMP": str(folder)} | extra
+    env = {"ELASTICKV": "1", "ELASTICKV_POLICY": policy, "ELASTICKV_DUMP": str(folder)} | extra
+    if env.get("ELASTICKV_LEARNED_WEIGHTS") == "<random>":
+        env["ELASTICKV_LEARNED_WEIGHTS"] = str(random_weights(tmp_path / "mlp.bin"))
+    if policy not in policies.POLICIES or policies.policy(policy).sinks:
+        env["ELASTICKV_SINK"] = str(SINK)  # sliding_window keeps no sinks and refuses the variable
     if policy in policies.TOKEN_POLICIES:
         env["ELASTICKV_FREE"] = "0"
     r = llama.perplexity(["-fa", "off"], env=env, chunks=chunks)
@@ -89,17 +111,43 @@ def check_token_pass(P, b: common.Budget, folder, key, t: dump.TokenPass, prev: 
     if prev is not None:  # the flags carry over: what was evicted stays evicted
         assert np.array_equal(t.before[:, :, :prev.after.shape[2]], prev.after)
         assert not t.before[:, :, prev.after.shape[2]:].any()
+    if P.recency:  # the recency carries over from the previous pass; a new cell starts at this pass
+        assert t.recency is not None and t.recency.shape == t.after.shape
+        if prev is not None:
+            m_prev = prev.after.shape[2]
+            carried = np.stack([np.stack([lru.recency_after(P, prev.recency[la, h], prev.score[la, h],
+                                                            prev.manifest["pass"]) for h in range(H)]) for la in range(L)])
+            assert np.array_equal(t.recency[:, :, :m_prev], carried), "the recency did not carry over"
+            assert (t.recency[:, :, m_prev:] == m["pass"]).all(), "a new cell's recency is not this pass"
+        else:
+            assert (t.recency <= m["pass"]).all()
+    assert m["sink"] == (SINK if P.sinks else 0)
     for layer in range(L):
         Bl = P.layer_budget(b, B, n, layer, L)
+        keys = dump.token_keys(folder, ctx, pass_id, seq, layer) if P.clusters or P.learned else None
+        if P.learned:  # the MLP's outputs on the dumped keys are the hook's, for every head of the layer
+            want = learned.logits(learned.read_weights(b.learned_weights), semantic.mean_keys(keys)).astype(np.float32)
+            assert np.array_equal(t.score[layer], np.broadcast_to(want, t.score[layer].shape)), ("logits", layer)
         for h in range(H):
-            ref = common.select(P, b, SINK, Bl, t.pos, t.score[layer, h] if P.score != "none" else None,
-                                t.before[layer, h])
+            score = t.score[layer, h] if P.score != "none" else None
+            if P.recency:
+                score = lru.recency_after(P, t.recency[layer, h], score, m["pass"])
+            if P.learned:
+                score = t.score[layer, h]
+            if P.clusters:  # the K-means recomputed from the dumped keys gives the hook's representatives
+                mean = b.cluster_keys == "mean"
+                x = semantic.mean_keys(keys) if mean else keys[:, h, :].astype(np.float64)
+                cand, heavy = common.candidates(P, b, SINK, Bl, t.pos, t.before[layer, h])
+                score = semantic.representatives(x, t.pos, cand, heavy, b.clusters, b.seed,
+                                                 layer * 65536 + (0 if mean else h))
+                assert np.array_equal(score, t.score[layer, h]), ("representatives", m["pass"], layer, h)
+            ref = common.select(P, b, SINK, Bl, t.pos, score, t.before[layer, h])
             assert np.array_equal(ref, t.after[layer, h]), (m["seq"], m["pass"], layer, h)
             kept = ~t.after[layer, h]
-            assert kept[:SINK].all(), "a sink was evicted"
+            assert kept[:SINK].all() or not P.sinks, "a sink was evicted"
             assert kept[-1], "the newest cell was evicted"
             assert kept.sum() == Bl, (m["seq"], m["pass"], layer, h, kept.sum(), Bl)
-    if P.score == "none":
+    if P.score == "none" and not (P.clusters or P.learned):
         assert not t.score.any()
 
 
@@ -119,6 +167,9 @@ def test_token_policy_kept_set_equals_reference(llama, tmp_path, policy, extra):
         prev = t
     # something was evicted, and the run's kept fraction is the budget
     assert prev.after.any()
+    if P.clusters:  # representatives were kept that the most recent fill alone would have evicted
+        reps = prev.score.astype(bool) & ~prev.after
+        assert reps.any() and (reps & (prev.pos < prev.pos[-1] - (~prev.after).sum(axis=2, keepdims=True))).any()
     if policy != "pyramidkv":
         assert (~prev.after).sum(axis=2).min() == (~prev.after).sum(axis=2).max()
 
@@ -179,7 +230,25 @@ def test_h2o_eviction_is_exact_and_scores_are_attention(llama, tmp_path):
         prev = t
 
 
-@pytest.mark.parametrize("policy", ["h2o", "scissorhands"])
+def test_lru_refreshes_recency_and_fifo_is_streaming(llama, tmp_path):
+    """lru_fifo (the notebook's LRU as coded) keeps exactly StreamingLLM's cells at every pass; lru (as meant)
+    refreshes the recency of used cells (an old cell used since the last pass is more recent than cells that
+    arrived after it) and so keeps a different set."""
+    runs = {}
+    for policy in ("streaming", "lru_fifo", "lru"):
+        _, folder, _ = run_dumped(llama, tmp_path / policy, policy, {"ELASTICKV_BUDGET": "0.4"})
+        runs[policy] = [dump.load_token(folder, *key) for key in dump.token_passes(folder)]
+    assert len(runs["lru"]) == len(runs["streaming"]) == 7
+    for a, b in zip(runs["streaming"], runs["lru_fifo"]):
+        assert np.array_equal(a.after, b.after)
+    last = runs["lru"][-1]
+    arrival = runs["lru_fifo"][-1].recency  # the recency of a cell that is never used: its arrival
+    refreshed = last.recency > arrival
+    assert refreshed.any() and (refreshed[:, :, :128].sum() > 0)  # cells of the first ubatches were used later
+    assert any(not np.array_equal(a.after, b.after) for a, b in zip(runs["lru"], runs["lru_fifo"]))
+
+
+@pytest.mark.parametrize("policy", ["h2o", "scissorhands", "lru"])
 def test_scores_equal_attention_recomputed_from_queries_and_keys(llama, tmp_path, policy):
     """The scores the hook accumulated in the graph, at every pass and in every layer, equal the scores the numpy
     definition (policies.common.scores_of_queries) computes from the dumped queries and keys: for each ubatch
@@ -286,8 +355,10 @@ def test_budget_100_is_bit_identical_to_hook_off(llama, tmp_path):
 
     off, _ = logits("off", {"ELASTICKV": "0"})
     for policy in ALL:
-        path, r = logits(policy, {"ELASTICKV": "1", "ELASTICKV_POLICY": policy, "ELASTICKV_BUDGET": "1.0",
-                                   "ELASTICKV_VERBOSE": "1"})
+        env = {"ELASTICKV": "1", "ELASTICKV_POLICY": policy, "ELASTICKV_BUDGET": "1.0", "ELASTICKV_VERBOSE": "1"}
+        if policy == "learned":
+            env["ELASTICKV_LEARNED_WEIGHTS"] = str(random_weights(tmp_path / "mlp.bin"))
+        path, r = logits(policy, env)
         # the hook ran passes with this policy: "(streaming, head scope)" for token policies, "(topk_entries)"
         assert re.search(rf"elastickv: pass \d+ seq \d+ pos_max \d+ \({policy}[,)]", r.log), r.log[-2000:]
         assert filecmp.cmp(off, path, shallow=False), f"{policy} at 100 % changed the logits"
@@ -305,11 +376,13 @@ def test_a_small_budget_changes_the_logits(llama, tmp_path):
 
 
 # under flash attention a token policy runs only when its evictions free cells (the KQ mask hides a freed cell;
-# flash attention takes no per-head bias): streaming and random_tokens by default, h2o/scissorhands with
+# flash attention takes no per-head bias): streaming, random_tokens, sliding_window and lru_fifo by default,
+# h2o/scissorhands/lru with
 # ELASTICKV_SCOPE=shared; per-head scopes, pyramidkv and ELASTICKV_FREE=0 are refused at context creation
-FA_CASES = [(p, {}, p in ("streaming", "random_tokens")) for p in policies.TOKEN_POLICIES] + [
+FA_CASES = [(p, {}, p in ("streaming", "random_tokens", "sliding_window", "lru_fifo")) for p in policies.TOKEN_POLICIES] + [
     ("h2o", {"ELASTICKV_SCOPE": "shared"}, True),
     ("scissorhands", {"ELASTICKV_SCOPE": "shared"}, True),
+    ("lru", {"ELASTICKV_SCOPE": "shared"}, True),
     ("streaming", {"ELASTICKV_FREE": "0"}, False),
     ("random_tokens", {"ELASTICKV_FREE": "0"}, False),
 ]
@@ -318,8 +391,10 @@ FA_CASES = [(p, {}, p in ("streaming", "random_tokens")) for p in policies.TOKEN
 @pytest.mark.parametrize("policy, extra, runs", FA_CASES,
                          ids=[f"{p}-{'-'.join(f'{k[10:].lower()}{v}' for k, v in e.items()) or 'default'}"
                               for p, e, _ in FA_CASES])
-def test_token_policies_under_flash_attention(llama, policy, extra, runs):
+def test_token_policies_under_flash_attention(llama, tmp_path, policy, extra, runs):
     env = {"ELASTICKV": "1", "ELASTICKV_POLICY": policy, "ELASTICKV_BUDGET": "0.5", "ELASTICKV_VERBOSE": "1"} | extra
+    if policy == "learned":
+        env["ELASTICKV_LEARNED_WEIGHTS"] = str(random_weights(tmp_path / "mlp.bin"))
     r = llama.perplexity(["-fa", "on"], env=env, chunks=1)
     if runs:
         assert r.rc == 0, r.log[-2000:]
@@ -328,6 +403,23 @@ def test_token_policies_under_flash_attention(llama, policy, extra, runs):
         assert r.rc != 0
         assert (f"ELASTICKV_POLICY={policy} with" in r.log and "hides cells per layer and KV head with an attention "
                 "bias, which flash attention cannot take; run with -fa off" in r.log), r.log[-2000:]
+
+
+def test_learned_weights_must_fit(llama, tmp_path):
+    """A missing, damaged or mis-shaped weights file is one clear error naming the variable."""
+    bad = {"missing": tmp_path / "none.bin", "garbage": tmp_path / "garbage.bin", "short": tmp_path / "short.bin",
+           "head dim 32": random_weights(tmp_path / "hd32.bin", dims=(32, 16, 1))}
+    bad["garbage"].write_bytes(b"not a network")
+    bad["short"].write_bytes(random_weights(tmp_path / "full.bin").read_bytes()[:-4])
+    for why, path in bad.items():
+        r = llama.perplexity(["-fa", "off"], env={"ELASTICKV": "1", "ELASTICKV_POLICY": "learned", "ELASTICKV_BUDGET": "0.5",
+                                                  "ELASTICKV_LEARNED_WEIGHTS": str(path)}, chunks=1)
+        assert r.rc != 0, why
+        assert f"ELASTICKV_LEARNED_WEIGHTS={str(path)!r}" in r.log or f"ELASTICKV_LEARNED_WEIGHTS='{path}'" in r.log \
+            or f"ELASTICKV_LEARNED_WEIGHTS={path}" in r.log, (why, r.log[-1500:])
+    r = llama.perplexity(["-fa", "off"], env={"ELASTICKV": "1", "ELASTICKV_POLICY": "learned", "ELASTICKV_BUDGET": "0.5"},
+                         chunks=1)
+    assert r.rc != 0 and "ELASTICKV_POLICY=learned needs ELASTICKV_LEARNED_WEIGHTS" in r.log
 
 
 # --------------------------------------------------------------------------------- numpy definitions

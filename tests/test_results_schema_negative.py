@@ -289,7 +289,7 @@ AGG_SPECIFIC = {  # paths inside data
     ],
     "head_to_head": [
         ("kept-above-1", ("entries", 0, "kept"), 1.5),
-        ("policy-unknown", ("entries", 0, "policy"), "lru"),
+        ("policy-unknown", ("entries", 0, "policy"), "lfu"),
         ("kld-nan", ("entries", 0, "kld", "value"), NAN),
         ("baseline-kv_mib", ("baselines", M, "kv_mib"), -1.0),
         ("baselines-missing", ("baselines",), DELETE),

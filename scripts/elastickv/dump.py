@@ -126,6 +126,7 @@ def load(folder: Path, ctx: int, pass_id: int, cache: str = "full") -> DumpPass:
 #                             any reset), 0 for policies without scores;
 #   ``_evicted_before.npy``, ``_evicted_after.npy``  uint8 [n_layer, n_head_kv, n]: evicted flags;
 #   ``_l<LLL>_k.npy``         score-based policies: float32 [n, n_head_kv, head_dim], the keys of the cells;
+#   ``_recency_before.npy``   lru, lru_fifo: float32 [n_layer, n_head_kv, n], each cell's recency before the pass;
 # and ``ctx<C>_pass<PPPPPP>_kvcells.npy`` (the cache's cell table, as above). Score-based policies also write,
 # after every ubatch that is not a warm-up, with prefix ``ctx<C>_ub<UUUUUU>``:
 #   ``.json``                 passes_before (passes done before the ubatch), n_kv (cells in the attention's KV
@@ -140,6 +141,7 @@ class TokenPass:
     score: np.ndarray
     before: np.ndarray
     after: np.ndarray
+    recency: np.ndarray | None = None  # lru, lru_fifo: the recency before the pass
 
     @property
     def pos(self) -> np.ndarray:
@@ -158,10 +160,12 @@ def token_manifest(folder: Path, ctx: int, pass_id: int, seq: int) -> dict:
 
 def load_token(folder: Path, ctx: int, pass_id: int, seq: int) -> TokenPass:
     prefix = Path(folder) / f"ctx{ctx}_pass{pass_id:06d}_seq{seq}"
+    recency = Path(f"{prefix}_recency_before.npy")
     return TokenPass(manifest=token_manifest(folder, ctx, pass_id, seq),
                      cells=np.load(f"{prefix}_cells.npy"), score=np.load(f"{prefix}_score.npy"),
                      before=np.load(f"{prefix}_evicted_before.npy").astype(bool),
-                     after=np.load(f"{prefix}_evicted_after.npy").astype(bool))
+                     after=np.load(f"{prefix}_evicted_after.npy").astype(bool),
+                     recency=np.load(recency) if recency.exists() else None)
 
 
 @dataclass

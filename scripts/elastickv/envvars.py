@@ -37,7 +37,8 @@ VARS: tuple[Var, ...] = (
     Var("ELASTICKV_STATS", "", "a path to a JSONL file (appended)", "one record per pass, layer, K/V and head"),
     Var("ELASTICKV_DUMP", "", "a directory (created if missing)", "K/V of each layer before and after a pass as .npy, with cell positions"),
     Var("ELASTICKV_POLICY", "elastickv",
-        "elastickv, streaming, h2o, scissorhands, pyramidkv, random_tokens, random_entries or topk_entries",
+        "elastickv, streaming, h2o, scissorhands, pyramidkv, random_tokens, sliding_window, lru, lru_fifo, semantic, "
+        "learned, random_entries or topk_entries",
         "what a pass does: ElasticKV thresholding, a token eviction (-inf attention bias per layer and KV head; "
         "needs -fa off) or an element baseline"),
     Var("ELASTICKV_BUDGET", "",
@@ -47,9 +48,9 @@ VARS: tuple[Var, ...] = (
     Var("ELASTICKV_RECENT", "auto", "auto, or an integer >= 0",
         "token policies: most recent positions always kept; auto: (1 - HEAVY_RATIO) of the budget after the sinks"),
     Var("ELASTICKV_HEAVY_RATIO", "0.8", "a number in [0, 1]",
-        "h2o, scissorhands, pyramidkv, random_tokens: share of the budget after the sinks chosen by priority when "
+        "h2o, scissorhands, pyramidkv, random_tokens, lru: share of the budget after the sinks chosen by priority when "
         "RECENT is auto"),
-    Var("ELASTICKV_SEED", "42", "an integer in [0, 9223372036854775807]", "random_tokens and random_entries: seed of the hash"),
+    Var("ELASTICKV_SEED", "42", "an integer in [0, 9223372036854775807]", "random_tokens, random_entries and semantic: seed of the hash"),
     Var("ELASTICKV_PYRAMID_BETA", "20", "a number in [1, 1000000]",
         "pyramidkv: the top layer keeps budget/beta cells, the bottom 2*budget - budget/beta"),
     Var("ELASTICKV_SCOPE", "head", "head or shared",
@@ -60,7 +61,15 @@ VARS: tuple[Var, ...] = (
         "allocated behind the attention bias (logical eviction)"),
     Var("ELASTICKV_KV_CELLS", "0", "0 (the context size), or an integer in [1, context size per sequence]",
         "cells allocated per KV stream: a physical cap, with n_ctx and positions unchanged; needs a token policy "
-        "whose evictions free cells (streaming, random_tokens, or h2o/scissorhands with ELASTICKV_SCOPE=shared)"),
+        "whose evictions free cells (streaming, random_tokens, sliding_window, lru_fifo, or h2o/scissorhands/lru with "
+        "ELASTICKV_SCOPE=shared)"),
+    Var("ELASTICKV_CLUSTERS", "32", "an integer in [1, 4096]",
+        "semantic: K of the K-means over the candidates' keys (the cells nearest the K centroids are kept)"),
+    Var("ELASTICKV_CLUSTER_KEYS", "head", "head or mean",
+        "semantic: cluster each KV head's own keys (head), or each layer's keys averaged over its KV heads, as the "
+        "notebook (mean)"),
+    Var("ELASTICKV_LEARNED_WEIGHTS", "", "a path to an MLP weights file (scripts/analysis/train_learned.py)",
+        "learned (required): the network that scores each cell's key"),
 )
 
 BY_NAME = {v.name: v for v in VARS}
@@ -70,13 +79,18 @@ PRESETS = {"sweet": (0.45, 0.50), "aggressive": (0.50, 0.50), "k-only": (0.35, 0
 MODES = ("full", "incremental")
 #: ELASTICKV_POLICY values (scripts/elastickv/policies has their numpy definitions)
 POLICIES = ("elastickv", "streaming", "h2o", "scissorhands", "pyramidkv", "random_tokens", "random_entries",
-            "topk_entries")
-TOKEN_POLICIES = ("streaming", "h2o", "scissorhands", "pyramidkv", "random_tokens")
+            "topk_entries", "sliding_window", "lru", "lru_fifo", "semantic", "learned")
+TOKEN_POLICIES = ("streaming", "h2o", "scissorhands", "pyramidkv", "random_tokens", "sliding_window", "lru", "lru_fifo",
+                  "semantic", "learned")
+#: ELASTICKV_CLUSTER_KEYS values (semantic)
+CLUSTER_KEYS = ("head", "mean")
+#: token policies that keep no sinks (ELASTICKV_SINK refused; the resolved sink is 0)
+NO_SINK_POLICIES = ("sliding_window",)
 #: ELASTICKV_SCOPE values (token policies)
 SCOPES = ("head", "shared")
 _ELASTICKV_ONLY = ("ELASTICKV_PRESET", "ELASTICKV_SCALE_K", "ELASTICKV_SCALE_V", "ELASTICKV_MODE")
 _BASELINE_ONLY = ("ELASTICKV_BUDGET", "ELASTICKV_RECENT", "ELASTICKV_HEAVY_RATIO", "ELASTICKV_SEED",
-                  "ELASTICKV_PYRAMID_BETA")
+                  "ELASTICKV_PYRAMID_BETA", "ELASTICKV_CLUSTERS", "ELASTICKV_CLUSTER_KEYS", "ELASTICKV_LEARNED_WEIGHTS")
 
 
 class EnvError(ValueError):
@@ -151,7 +165,7 @@ def resolve(env: dict[str, str]) -> dict:
         "preset": preset,
         "scale_k": scale("ELASTICKV_SCALE_K", sk) if baseline["policy"] == "elastickv" else 0.0,
         "scale_v": scale("ELASTICKV_SCALE_V", sv) if baseline["policy"] == "elastickv" else 0.0,
-        "sink": integer("ELASTICKV_SINK", 0, 2**31 - 1),
+        "sink": 0 if baseline["policy"] in NO_SINK_POLICIES else integer("ELASTICKV_SINK", 0, 2**31 - 1),
         "evict_every": integer("ELASTICKV_EVICT_EVERY", 1, 1048576),
         "warm": integer("ELASTICKV_WARM", 0, 2**31 - 1),
         "head_dim": "auto" if head_dim == "auto" else integer("ELASTICKV_HEAD_DIM", 1, 65536),
@@ -200,11 +214,23 @@ def _resolve_policy(env: dict[str, str]) -> dict:
         unused("ELASTICKV_HEAVY_RATIO", "zeroes entries, it has no heavy hitters")
     if policy != "pyramidkv":
         unused("ELASTICKV_PYRAMID_BETA", "is not pyramidkv")
-    if policy == "streaming":
+    if policy in ("streaming", "sliding_window", "lru_fifo"):
         unused("ELASTICKV_RECENT", "keeps the most recent cells of the budget anyway")
         unused("ELASTICKV_HEAVY_RATIO", "has no heavy hitters")
-    if policy not in ("random_tokens", "random_entries"):
+    if policy in NO_SINK_POLICIES:
+        unused("ELASTICKV_SINK", "keeps no sinks (the last cells of the budget only)")
+    if policy not in ("random_tokens", "random_entries", "semantic"):
         unused("ELASTICKV_SEED", "is not random")
+    if policy != "semantic":
+        unused("ELASTICKV_CLUSTERS", "is not semantic")
+        unused("ELASTICKV_CLUSTER_KEYS", "is not semantic")
+    if policy != "learned":
+        unused("ELASTICKV_LEARNED_WEIGHTS", "is not learned")
+    elif not env.get("ELASTICKV_LEARNED_WEIGHTS"):
+        raise EnvError(f"ELASTICKV_POLICY={policy} needs ELASTICKV_LEARNED_WEIGHTS; accepted: "
+                       f"{BY_NAME['ELASTICKV_LEARNED_WEIGHTS'].accepts}")
+    else:
+        out["learned_weights"] = env["ELASTICKV_LEARNED_WEIGHTS"]
 
     def number(name: str, lo: float, hi: float, default: float) -> float:
         if name not in env:
@@ -235,6 +261,11 @@ def _resolve_policy(env: dict[str, str]) -> dict:
     out["heavy_ratio"] = number("ELASTICKV_HEAVY_RATIO", 0.0, 1.0, 0.8)
     out["seed"] = integer("ELASTICKV_SEED", 0, 2**63 - 1, 42)
     out["pyramid_beta"] = number("ELASTICKV_PYRAMID_BETA", 1.0, 1e6, 20.0)
+    out["clusters"] = integer("ELASTICKV_CLUSTERS", 1, 4096, 32)
+    keys = env.get("ELASTICKV_CLUSTER_KEYS", "head")
+    if keys not in CLUSTER_KEYS:
+        _fail("ELASTICKV_CLUSTER_KEYS", keys, "is not a key set")
+    out["cluster_keys"] = keys
     if token:
         scope = env.get("ELASTICKV_SCOPE", BY_NAME["ELASTICKV_SCOPE"].default)
         if scope not in SCOPES:
@@ -242,6 +273,9 @@ def _resolve_policy(env: dict[str, str]) -> dict:
         if scope == "shared" and policy == "pyramidkv":
             _fail("ELASTICKV_SCOPE", scope, "cannot be used with ELASTICKV_POLICY=pyramidkv, whose budgets differ per "
                   "layer (one keep set for all layers would drop them)")
+        if scope == "shared" and policy in ("semantic", "learned"):
+            _fail("ELASTICKV_SCOPE", scope, f"cannot be used with ELASTICKV_POLICY={policy}, which ranks the keys of "
+                  "each layer or KV head")
         out["scope"] = scope
         out["free"] = integer("ELASTICKV_FREE", 0, 1, int(BY_NAME["ELASTICKV_FREE"].default)) == 1
     return out
@@ -251,7 +285,7 @@ def _resolve_policy(env: dict[str, str]) -> dict:
 #: token policies' cell handling and the physical cap
 ROW_KEYS = ("preset", "scale_k", "scale_v", "sink", "mode", "warm",
             "policy", "budget", "recent", "heavy_ratio", "seed", "pyramid_beta",
-            "scope", "free", "kv_cells")
+            "scope", "free", "kv_cells", "clusters", "cluster_keys", "learned_weights")
 
 
 def budget_text(kept: float) -> str:
@@ -291,11 +325,12 @@ def hook_env(enabled: bool = True, **settings: object) -> dict[str, str]:
 
 def frees_all(resolved: dict) -> bool:
     """Every eviction of this resolved configuration frees its cell (``llama_elastickv_frees_all``): a token policy
-    with FREE=1 that is position-only (streaming, random_tokens) or runs with SCOPE=shared (not pyramidkv)."""
+    with FREE=1 that is position-only (streaming, random_tokens, sliding_window, lru_fifo) or runs with SCOPE=shared
+    (not pyramidkv)."""
     p = resolved.get("policy")
-    if p not in TOKEN_POLICIES or p == "pyramidkv" or not resolved.get("free", True):
+    if p not in TOKEN_POLICIES or p in ("pyramidkv", "semantic", "learned") or not resolved.get("free", True):
         return False
-    return p in ("streaming", "random_tokens") or resolved.get("scope") == "shared"
+    return p in ("streaming", "random_tokens", "sliding_window", "lru_fifo") or resolved.get("scope") == "shared"
 
 
 def min_kv_cells(budget: str, n_ctx_seq: int, n_batch: int, evict_every: int = 64, warm: int = 128,

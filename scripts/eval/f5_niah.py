@@ -402,7 +402,8 @@ def row_env(cfg: dict, row: dict) -> dict[str, str]:
     if opts.get("policy", "elastickv") != "elastickv" and cfg["flash_attn"] != "off" \
             and not envvars.frees_all(envvars.resolve(env)):
         raise config.ConfigError(f"row {row['name']!r}: with flash attention only policies whose evictions free "
-                                 "their cells run (streaming, random_tokens, or h2o/scissorhands with scope: shared); "
+                                 "their cells run (streaming, random_tokens, sliding_window, lru_fifo, or h2o/scissorhands/lru "
+                                 "with scope: shared); "
                                  "others need flash_attn: \"off\" (--set flash_attn=off)")
     if "kv_cells" in row:
         if row["kv_cells"] != "auto" or "budget" not in opts:

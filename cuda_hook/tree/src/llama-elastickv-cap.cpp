@@ -26,8 +26,10 @@
 
 bool llama_elastickv_frees_all(const llama_elastickv_config & cfg) {
     const llama_elastickv_policy_desc * desc = llama_elastickv_policy_get(cfg.policy);
+    // position-only policies evict the same cells in every layer and head; the others only with a shared scope
+    const bool same_everywhere = desc && desc->score == LLAMA_ELASTICKV_SCORE_NONE && !desc->clusters && !desc->learned;
     return desc && desc->token && cfg.free_cells &&
-           (desc->score == LLAMA_ELASTICKV_SCORE_NONE || cfg.scope == LLAMA_ELASTICKV_SCOPE_SHARED) &&
+           (same_everywhere || cfg.scope == LLAMA_ELASTICKV_SCOPE_SHARED) &&
            desc->layer_budget == llama_elastickv_uniform_budget;
 }
 
@@ -65,6 +67,9 @@ uint32_t llama_elastickv_kv_cells(const llama_model & model, const llama_cparams
             why = std::string("ELASTICKV_POLICY=") + desc->name + " zeroes entries and frees no cell";
         } else if (!cfg.free_cells) {
             why = "ELASTICKV_FREE=0 keeps evicted cells allocated";
+        } else if (desc->clusters || desc->learned) {
+            why = std::string("ELASTICKV_POLICY=") + desc->name + " ranks each layer's (or KV head's) keys, so a cell is freed only "
+                  "when every layer evicted it";
         } else if (desc->layer_budget != llama_elastickv_uniform_budget) {
             why = std::string("ELASTICKV_POLICY=") + desc->name + " keeps a different number of cells per layer, so a cell is freed only "
                   "when every layer evicted it";
@@ -73,7 +78,8 @@ uint32_t llama_elastickv_kv_cells(const llama_model & model, const llama_cparams
                   "freed only when every head evicted it (set ELASTICKV_SCOPE=shared)";
         }
         throw std::runtime_error(head + why + "; the cache could fill. A cap needs a policy whose evictions free cells: "
-            "ELASTICKV_POLICY=streaming or random_tokens, or h2o/scissorhands with ELASTICKV_SCOPE=shared, with ELASTICKV_FREE=1");
+            "ELASTICKV_POLICY=streaming, random_tokens, sliding_window or lru_fifo, or h2o/scissorhands/lru with ELASTICKV_SCOPE=shared, "
+            "with ELASTICKV_FREE=1");
     }
 
     const int64_t B   = llama_elastickv_budget_cells(cfg.budget, n_ctx_seq);

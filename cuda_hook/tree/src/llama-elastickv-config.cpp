@@ -33,18 +33,21 @@ const llama_elastickv_var LLAMA_ELASTICKV_VARS[] = {
     { "ELASTICKV_MODE",        "full",  "full or incremental",                      "full: re-threshold the cache each pass; incremental: each cell once" },
     { "ELASTICKV_STATS",       "",      "a path to a JSONL file (appended)",        "one record per pass, layer, K/V and head" },
     { "ELASTICKV_DUMP",        "",      "a directory (created if missing)",         "K/V of each layer before and after a pass as .npy, with cell positions" },
-    { "ELASTICKV_POLICY",      "elastickv", "elastickv, streaming, h2o, scissorhands, pyramidkv, random_tokens, random_entries or topk_entries",
+    { "ELASTICKV_POLICY",      "elastickv", "elastickv, streaming, h2o, scissorhands, pyramidkv, random_tokens, sliding_window, lru, lru_fifo, semantic, learned, random_entries or topk_entries",
                                                                                         "what a pass does: ElasticKV thresholding, a token eviction (-inf attention bias per layer and KV head; needs -fa off) or an element baseline" },
     { "ELASTICKV_BUDGET",      "",      "a fraction in (0, 1] written with a decimal point (0.5) or as a percentage (50%), or a whole number of cells (>= 1, token policies only)",
                                                                                         "every policy but elastickv (required): cells kept per sequence and layer, or the fraction of K/V entries kept" },
     { "ELASTICKV_RECENT",      "auto",  "auto, or an integer >= 0",                 "token policies: most recent positions always kept; auto: (1 - HEAVY_RATIO) of the budget after the sinks" },
-    { "ELASTICKV_HEAVY_RATIO", "0.8",   "a number in [0, 1]",                       "h2o, scissorhands, pyramidkv, random_tokens: share of the budget after the sinks chosen by priority when RECENT is auto" },
-    { "ELASTICKV_SEED",        "42",    "an integer in [0, 9223372036854775807]",   "random_tokens and random_entries: seed of the hash" },
+    { "ELASTICKV_HEAVY_RATIO", "0.8",   "a number in [0, 1]",                       "h2o, scissorhands, pyramidkv, random_tokens, lru: share of the budget after the sinks chosen by priority when RECENT is auto" },
+    { "ELASTICKV_SEED",        "42",    "an integer in [0, 9223372036854775807]",   "random_tokens, random_entries and semantic: seed of the hash" },
     { "ELASTICKV_PYRAMID_BETA","20",    "a number in [1, 1000000]",                 "pyramidkv: the top layer keeps budget/beta cells, the bottom 2*budget - budget/beta" },
     { "ELASTICKV_SCOPE",       "head",  "head or shared",                           "token policies: head: a keep set per layer and KV head; shared: one keep set per sequence for all layers and heads (scores summed over them), so every eviction frees a cell" },
     { "ELASTICKV_FREE",        "1",     "0 or 1",                                   "token policies: 1 frees a cell evicted in every layer and KV head (later tokens reuse it); 0 keeps it allocated behind the attention bias (logical eviction)" },
     { "ELASTICKV_KV_CELLS",    "0",     "0 (the context size), or an integer in [1, context size per sequence]",
-                                                                                        "cells allocated per KV stream: a physical cap, with n_ctx and positions unchanged; needs a token policy whose evictions free cells (streaming, random_tokens, or h2o/scissorhands with ELASTICKV_SCOPE=shared)" },
+                                                                                        "cells allocated per KV stream: a physical cap, with n_ctx and positions unchanged; needs a token policy whose evictions free cells (streaming, random_tokens, sliding_window, lru_fifo, or h2o/scissorhands/lru with ELASTICKV_SCOPE=shared)" },
+    { "ELASTICKV_CLUSTERS",    "32",    "an integer in [1, 4096]",                  "semantic: K of the K-means over the candidates' keys (the cells nearest the K centroids are kept)" },
+    { "ELASTICKV_CLUSTER_KEYS","head",  "head or mean",                             "semantic: cluster each KV head's own keys (head), or each layer's keys averaged over its KV heads, as the notebook (mean)" },
+    { "ELASTICKV_LEARNED_WEIGHTS", "",  "a path to an MLP weights file (scripts/analysis/train_learned.py)", "learned (required): the network that scores each cell's key" },
 };
 
 const size_t LLAMA_ELASTICKV_N_VARS = sizeof(LLAMA_ELASTICKV_VARS)/sizeof(LLAMA_ELASTICKV_VARS[0]);
@@ -150,6 +153,11 @@ const ekv_policy_name EKV_POLICIES[] = {
     { "random_tokens",  LLAMA_ELASTICKV_POLICY_RANDOM_TOKENS },
     { "random_entries", LLAMA_ELASTICKV_POLICY_RANDOM_ENTRIES },
     { "topk_entries",   LLAMA_ELASTICKV_POLICY_TOPK_ENTRIES },
+    { "sliding_window", LLAMA_ELASTICKV_POLICY_SLIDING_WINDOW },
+    { "lru",            LLAMA_ELASTICKV_POLICY_LRU },
+    { "lru_fifo",       LLAMA_ELASTICKV_POLICY_LRU_FIFO },
+    { "semantic",       LLAMA_ELASTICKV_POLICY_SEMANTIC },
+    { "learned",        LLAMA_ELASTICKV_POLICY_LEARNED },
 };
 
 } // namespace
@@ -331,7 +339,8 @@ llama_elastickv_config llama_elastickv_config_from_env() {
         unused("ELASTICKV_FREE", "evicts no cells");
     }
     if (!desc) {
-        for (const char * name : { "ELASTICKV_BUDGET", "ELASTICKV_RECENT", "ELASTICKV_HEAVY_RATIO", "ELASTICKV_SEED", "ELASTICKV_PYRAMID_BETA" }) {
+        for (const char * name : { "ELASTICKV_BUDGET", "ELASTICKV_RECENT", "ELASTICKV_HEAVY_RATIO", "ELASTICKV_SEED", "ELASTICKV_PYRAMID_BETA",
+                                   "ELASTICKV_CLUSTERS", "ELASTICKV_CLUSTER_KEYS", "ELASTICKV_LEARNED_WEIGHTS" }) {
             unused(name, "does not use it (it sets the baselines' budget)");
         }
         return cfg;
@@ -355,12 +364,42 @@ llama_elastickv_config llama_elastickv_config_from_env() {
     } else if (cfg.policy != LLAMA_ELASTICKV_POLICY_PYRAMIDKV) {
         unused("ELASTICKV_PYRAMID_BETA", "is not pyramidkv");
     }
-    if (cfg.policy == LLAMA_ELASTICKV_POLICY_STREAMING) {
+    if (cfg.policy == LLAMA_ELASTICKV_POLICY_STREAMING || cfg.policy == LLAMA_ELASTICKV_POLICY_SLIDING_WINDOW ||
+        cfg.policy == LLAMA_ELASTICKV_POLICY_LRU_FIFO) {
         unused("ELASTICKV_RECENT", "keeps the most recent cells of the budget anyway");
         unused("ELASTICKV_HEAVY_RATIO", "has no heavy hitters");
     }
-    if (cfg.policy != LLAMA_ELASTICKV_POLICY_RANDOM_TOKENS && cfg.policy != LLAMA_ELASTICKV_POLICY_RANDOM_ENTRIES) {
+    if (desc->no_sinks) {
+        unused("ELASTICKV_SINK", "keeps no sinks (the last cells of the budget only)");
+        cfg.sink = 0;
+    }
+    if (cfg.policy != LLAMA_ELASTICKV_POLICY_RANDOM_TOKENS && cfg.policy != LLAMA_ELASTICKV_POLICY_RANDOM_ENTRIES &&
+        cfg.policy != LLAMA_ELASTICKV_POLICY_SEMANTIC) {
         unused("ELASTICKV_SEED", "is not random");
+    }
+    if (!desc->clusters) {
+        unused("ELASTICKV_CLUSTERS", "is not semantic");
+        unused("ELASTICKV_CLUSTER_KEYS", "is not semantic");
+    }
+    if (!desc->learned) {
+        unused("ELASTICKV_LEARNED_WEIGHTS", "is not learned");
+    } else if (!(s = ekv_getenv("ELASTICKV_LEARNED_WEIGHTS")) || *s == '\0') {
+        throw std::runtime_error(std::string("elastickv: ELASTICKV_POLICY=") + policy_name + " needs ELASTICKV_LEARNED_WEIGHTS; accepted: " +
+            ekv_var("ELASTICKV_LEARNED_WEIGHTS").accepts);
+    } else {
+        cfg.budget.learned_weights = s; // read (and checked) when the context is created
+    }
+    if ((s = ekv_getenv("ELASTICKV_CLUSTERS"))) {
+        cfg.budget.clusters = (int32_t) ekv_parse_int("ELASTICKV_CLUSTERS", s, 1, 4096);
+    }
+    if ((s = ekv_getenv("ELASTICKV_CLUSTER_KEYS"))) {
+        if (strcmp(s, "head") == 0) {
+            cfg.budget.cluster_mean = false;
+        } else if (strcmp(s, "mean") == 0) {
+            cfg.budget.cluster_mean = true;
+        } else {
+            llama_elastickv_fail("ELASTICKV_CLUSTER_KEYS", s, "is not a key set");
+        }
     }
     if ((s = ekv_getenv("ELASTICKV_RECENT")) && strcmp(s, "auto") != 0) {
         cfg.budget.recent = (int32_t) ekv_parse_int("ELASTICKV_RECENT", s, 0, INT32_MAX);
@@ -384,6 +423,9 @@ llama_elastickv_config llama_elastickv_config_from_env() {
         }
         if (cfg.scope == LLAMA_ELASTICKV_SCOPE_SHARED && cfg.policy == LLAMA_ELASTICKV_POLICY_PYRAMIDKV) {
             llama_elastickv_fail("ELASTICKV_SCOPE", s, "cannot be used with ELASTICKV_POLICY=pyramidkv, whose budgets differ per layer (one keep set for all layers would drop them)");
+        }
+        if (cfg.scope == LLAMA_ELASTICKV_SCOPE_SHARED && (desc->clusters || desc->learned)) {
+            llama_elastickv_fail("ELASTICKV_SCOPE", s, std::string("cannot be used with ELASTICKV_POLICY=") + policy_name + ", which ranks the keys of each layer or KV head");
         }
     }
     if ((s = ekv_getenv("ELASTICKV_FREE"))) {

@@ -1,6 +1,7 @@
 // SPDX-License-Identifier: MIT
 // Token eviction inside the attention graph: the -inf bias, the score accumulation, and the pass that
-// selects the evicted cells. See llama-elastickv-evict.h and llama-elastickv-policy.h.
+// selects the evicted cells (with the recency of lru). See llama-elastickv-evict.h and llama-elastickv-policy.h;
+// what ELASTICKV_DUMP writes is in llama-elastickv-evict-dump.cpp.
 #include "llama-elastickv-evict.h"
 #include "llama-elastickv-dump.h"
 #include "llama-elastickv-internal.h"
@@ -60,6 +61,16 @@ llama_elastickv_evict::llama_elastickv_evict(
         }
         l.dev = (int32_t) d;
         l.evicted.assign(n_stream, std::vector<uint8_t>((size_t) l.n_head*kv_size, 0));
+        if (desc.learned && mlp.dims.empty()) {
+            mlp.load(budget.learned_weights);
+        }
+        if (desc.learned && (int64_t) mlp.dims[0]*l.n_head != L.k->ne[0]) {
+            llama_elastickv_fail("ELASTICKV_LEARNED_WEIGHTS", budget.learned_weights, "takes keys of " + std::to_string(mlp.dims[0]) +
+                " values, but layer " + std::to_string(l.il) + " has KV heads of " + std::to_string(L.k->ne[0]/l.n_head));
+        }
+        if (desc.recency) {
+            l.recency.assign(n_stream, std::vector<float>((size_t) l.n_head*kv_size, 0.0f));
+        }
         by_il[l.il] = (int32_t) layers.size();
         layers.push_back(std::move(l));
     }
@@ -139,12 +150,16 @@ void llama_elastickv_evict::upload_dirty() {
     }
 }
 
-// no eviction, bias or score for this cell in any layer and head (host mirror; uploaded by upload_dirty)
+// no eviction, bias or score for this cell in any layer and head, and the recency of a cell just written (host
+// mirror; uploaded by upload_dirty)
 void llama_elastickv_evict::clear_cell(uint32_t strm, uint32_t c) {
     for (auto & l : layers) {
         auto & D = devs[l.dev];
         for (int32_t h = 0; h < l.n_head; ++h) {
             l.evicted[strm][(size_t) h*kv_size + c] = 0;
+            if (!l.recency.empty()) {
+                l.recency[strm][(size_t) h*kv_size + c] = (float) next_pass;
+            }
             if (l.bias) {
                 float & b = bias_at(l, strm, h, c);
                 if (b != 0.0f) {
@@ -256,53 +271,6 @@ void llama_elastickv_evict::attn_observe_fa(ggml_context * ctx, ggml_cgraph * gf
     attn_observe(ctx, gf, p, k, il);
 }
 
-void llama_elastickv_evict::after_ubatch(const llama_ubatch & ubatch, int32_t ctx_id, int64_t n_pass) {
-    if (params.dump_dir.empty() || !uses_scores()) {
-        return;
-    }
-    const int64_t u = n_ubatch++;
-    char prefix[128];
-    snprintf(prefix, sizeof(prefix), "%s/ctx%d_ub%06" PRId64, params.dump_dir.c_str(), ctx_id, u);
-    std::string il_list;
-    const layer * first = nullptr;
-    std::vector<float> q;
-    for (const auto & l : layers) {
-        if (!l.q_out) {
-            continue;
-        }
-        ggml_backend_synchronize(devs[l.dev].backend);
-        const ggml_tensor * t = l.q_out;
-        q.resize(ggml_nelements(t));
-        ggml_backend_tensor_get(t, q.data(), 0, ggml_nbytes(t));
-        char name[32];
-        snprintf(name, sizeof(name), "_l%03d_q.npy", l.il);
-        // [stream, head, token, dim]: the reverse of ggml's [dim, token, head, stream]
-        llama_elastickv_write_npy(prefix + std::string(name), "<f4", { t->ne[3], t->ne[2], t->ne[1], t->ne[0] },
-                                  q.data(), q.size()*sizeof(float));
-        il_list += (il_list.empty() ? "" : ", ") + std::to_string(l.il);
-        first = first ? first : &l;
-    }
-    if (!first) {
-        return;
-    }
-    FILE * f = fopen((prefix + std::string(".json")).c_str(), "w");
-    if (!f) {
-        throw std::runtime_error("elastickv: cannot write " + std::string(prefix) + ".json: " + strerror(errno));
-    }
-    fprintf(f, "{\"ctx\": %d, \"ubatch\": %" PRId64 ", \"passes_before\": %" PRId64 ", \"n_kv\": %" PRId64 ", "
-        "\"kq_scale\": %.9g, \"n_stream\": %" PRId64 ", \"layers\": [%s], \"pos\": [",
-        ctx_id, u, n_pass, first->n_kv, first->kq_scale, first->q_out->ne[3], il_list.c_str());
-    for (uint32_t i = 0; i < ubatch.n_tokens; ++i) {
-        fprintf(f, "%s%d", i ? ", " : "", ubatch.pos[i]);
-    }
-    fprintf(f, "], \"seq\": [");
-    for (uint32_t i = 0; i < ubatch.n_tokens; ++i) {
-        fprintf(f, "%s%d", i ? ", " : "", ubatch.n_seq_id[i] > 0 ? ubatch.seq_id[i][0] : -1);
-    }
-    fprintf(f, "]}\n");
-    fclose(f);
-}
-
 void llama_elastickv_evict::before_ubatch(const llama_ubatch & ubatch) {
     // the cells this ubatch writes (apply() has placed its tokens)
     std::vector<uint32_t> fresh; // stream*kv_size + cell
@@ -330,6 +298,9 @@ void llama_elastickv_evict::before_ubatch(const llama_ubatch & ubatch) {
                 l.evicted[strm][(size_t) h*kv_size + c] = 0;
                 if (l.bias) {
                     bias_at(l, strm, h, c) = 0.0f;
+                }
+                if (!l.recency.empty()) {
+                    l.recency[strm][(size_t) h*kv_size + c] = (float) next_pass; // used at the first pass that sees it
                 }
             }
         }
@@ -421,10 +392,10 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
         const int64_t n_log = std::max<int64_t>(n, (int64_t) pos.back() + 1);
         const int64_t B     = llama_elastickv_budget_cells(budget, n_log);
 
-        std::vector<float>   dump_score;
-        std::vector<uint8_t> dump_before, dump_after;
+        pass_dump pd; // what ELASTICKV_DUMP writes of this sequence's pass
         std::vector<float>   sc(n);
         std::vector<uint8_t> ev(n);
+        std::vector<float>   key_prio; // semantic: 1 for the cells nearest a centroid; learned: the MLP's outputs
         // shared scope: one selection on the scores summed over every layer and KV head
         std::vector<uint8_t> ev_shared;
         if (shared) {
@@ -441,7 +412,27 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
                 sc[i]        = (float) sum[i];
                 ev_shared[i] = layers[0].evicted[strm][cells[i]]; // every layer and head carries the same flags
             }
-            llama_elastickv_select(desc, budget, params.sink, B, pos, uses_scores() ? sc.data() : nullptr, ev_shared);
+            if (desc.recency) { // one recency per cell, carried by every layer and head: used in any of them
+                if (!dump_dir.empty()) {
+                    for (auto & l : layers) {
+                        for (int32_t h = 0; h < l.n_head; ++h) {
+                            for (int64_t i = 0; i < n; ++i) {
+                                pd.recency.push_back(l.recency[strm][(size_t) h*kv_size + cells[i]]);
+                            }
+                        }
+                    }
+                }
+                for (int64_t i = 0; i < n; ++i) {
+                    const float r = uses_scores() && sum[i] > 0.0 ? (float) n_pass : layers[0].recency[strm][cells[i]];
+                    for (auto & l : layers) {
+                        for (int32_t h = 0; h < l.n_head; ++h) {
+                            l.recency[strm][(size_t) h*kv_size + cells[i]] = r;
+                        }
+                    }
+                    sc[i] = r;
+                }
+            }
+            llama_elastickv_select(desc, budget, params.sink, B, pos, uses_scores() || desc.recency ? sc.data() : nullptr, ev_shared);
         }
         std::vector<uint8_t> all_evicted(n, 1); // evicted in every layer and KV head after this pass
         int64_t kept_total = 0;
@@ -450,6 +441,10 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
             auto & D = devs[l.dev];
             const int64_t Bl = shared ? B : desc.layer_budget(budget, B, n_log, li, n_layer);
             int64_t kept_layer = 0;
+            std::vector<float> keys; // semantic, learned: the layer's keys of the sequence's cells [n, n_head, hd]
+            if (desc.clusters || desc.learned) {
+                llama_elastickv_read_rows(l.k, strm, false, l.k->ne[0], cells, keys);
+            }
             for (int32_t h = 0; h < l.n_head; ++h) {
                 auto & evh = l.evicted[strm];
                 const size_t base = (size_t) h*kv_size;
@@ -457,14 +452,36 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
                     sc[i] = l.score ? score_at(l, strm, h, cells[i]) : 0.0f;
                     ev[i] = evh[base + cells[i]];
                 }
+                if ((desc.clusters || desc.learned) && (h == 0 || !(desc.learned || budget.cluster_mean))) {
+                    // semantic, learned: a priority from the keys (once per layer when every head shares it)
+                    key_priority(l, h, pos, ev, Bl, keys, key_prio);
+                }
+                if (desc.clusters || desc.learned) {
+                    std::copy(key_prio.begin(), key_prio.end(), sc.begin());
+                }
                 if (!dump_dir.empty()) {
-                    dump_score.insert(dump_score.end(), sc.begin(), sc.end());
-                    dump_before.insert(dump_before.end(), ev.begin(), ev.end());
+                    pd.score.insert(pd.score.end(), sc.begin(), sc.end());
+                    pd.before.insert(pd.before.end(), ev.begin(), ev.end());
+                }
+                if (desc.recency && !shared) {
+                    // lru: a cell used since the last pass (count score > 0) was used at this pass; the priority
+                    // is the recency (the dump keeps the recency before this update)
+                    auto & rec = l.recency[strm];
+                    for (int64_t i = 0; i < n; ++i) {
+                        float & r = rec[base + cells[i]];
+                        if (!dump_dir.empty()) {
+                            pd.recency.push_back(r);
+                        }
+                        if (l.score && sc[i] > 0.0f) {
+                            r = (float) n_pass;
+                        }
+                        sc[i] = r;
+                    }
                 }
                 if (shared) {
                     ev = ev_shared;
                 } else {
-                    llama_elastickv_select(desc, budget, params.sink, Bl, pos, l.score ? sc.data() : nullptr, ev);
+                    llama_elastickv_select(desc, budget, params.sink, Bl, pos, l.score || desc.recency || desc.clusters || desc.learned ? sc.data() : nullptr, ev);
                 }
                 if (params.flash_attn) {
                     // no bias under flash attention: a cell that cannot be freed (the newest, or shared with another
@@ -474,7 +491,7 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
                     }
                 }
                 if (!dump_dir.empty()) {
-                    dump_after.insert(dump_after.end(), ev.begin(), ev.end());
+                    pd.after.insert(pd.after.end(), ev.begin(), ev.end());
                 }
                 int64_t kept = 0;
                 for (int64_t i = 0; i < n; ++i) {
@@ -551,41 +568,12 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
                 100.0*(double) kept_total/(double) (n*heads), freed, n - freed, kcells.get_used(), kv_size);
         }
         if (!dump_dir.empty()) {
-            char prefix[96];
-            snprintf(prefix, sizeof(prefix), "%s/ctx%d_pass%06" PRId64 "_seq%d", dump_dir.c_str(), ctx_id, n_pass, s);
-            std::vector<int32_t> rows; // stream, cell, pos
-            for (int64_t i = 0; i < n; ++i) {
-                rows.insert(rows.end(), { (int32_t) strm, (int32_t) cells[i], pos[i] });
-            }
-            const int64_t H = layers.empty() ? 0 : layers[0].n_head;
-            llama_elastickv_write_npy(std::string(prefix) + "_cells.npy", "<i4", { n, 3 }, rows.data(), rows.size()*sizeof(int32_t));
-            llama_elastickv_write_npy(std::string(prefix) + "_score.npy", "<f4", { n_layer, H, n }, dump_score.data(), dump_score.size()*sizeof(float));
-            llama_elastickv_write_npy(std::string(prefix) + "_evicted_before.npy", "|u1", { n_layer, H, n }, dump_before.data(), dump_before.size());
-            llama_elastickv_write_npy(std::string(prefix) + "_evicted_after.npy", "|u1", { n_layer, H, n }, dump_after.data(), dump_after.size());
-            if (uses_scores()) { // the keys the scores were computed with, in the order of the cells above
-                for (const auto & l : layers) {
-                    const int64_t hd = l.k->ne[0]/l.n_head;
-                    std::vector<float> keys;
-                    llama_elastickv_read_rows(l.k, strm, false, l.k->ne[0], cells, keys);
-                    char name[32];
-                    snprintf(name, sizeof(name), "_l%03d_k.npy", l.il);
-                    llama_elastickv_write_npy(std::string(prefix) + name, "<f4", { n, l.n_head, hd }, keys.data(), keys.size()*sizeof(float));
-                }
-            }
-            FILE * f = fopen((std::string(prefix) + ".json").c_str(), "w");
-            if (f) {
-                fprintf(f, "{\"ctx\": %d, \"pass\": %" PRId64 ", \"seq\": %d, \"policy\": \"%s\", \"fraction\": %.17g, \"cells\": %" PRId64 ", "
-                    "\"recent\": %d, \"heavy_ratio\": %.17g, \"seed\": %" PRIu64 ", \"beta\": %.17g, \"sink\": %d, \"n_layer\": %d, "
-                    "\"budget\": %" PRId64 ", \"n\": %" PRId64 ", \"n_logical\": %" PRId64 ", \"scope\": \"%s\", \"free\": %s, "
-                    "\"freed\": %" PRId64 "}\n",
-                    ctx_id, n_pass, s, desc.name, budget.fraction, budget.cells, budget.recent, budget.heavy_ratio, budget.seed,
-                    budget.beta, params.sink, n_layer, B, n, n_log, shared ? "shared" : "head", params.free_cells ? "true" : "false", freed);
-                fclose(f);
-            }
+            write_pass_dump(ctx_id, n_pass, s, strm, cells, pos, pd, B, n_log, freed);
         }
     }
     upload_dirty(); // one upload per backend: the changed span of bias and score
     if (stats) {
         fflush(stats);
     }
+    next_pass = n_pass + 1;
 }

@@ -105,6 +105,7 @@ private:
         ggml_tensor * bias  = nullptr; // views of the device state, [kv_size, n_head, n_stream]
         ggml_tensor * score = nullptr;
         std::vector<std::vector<uint8_t>> evicted; // [stream][head*kv_size + cell]
+        std::vector<std::vector<float>>   recency; // [stream][head*kv_size + cell]: lru, lru_fifo (host only)
         mutable bool  hooked = false;              // the last graph build reached this layer
         // ELASTICKV_DUMP with a score-based policy: the queries of the last graph build (an output of the graph)
         mutable ggml_tensor *       q_src  = nullptr; // Q as the KQ product reads it
@@ -126,6 +127,20 @@ private:
         std::vector<uint32_t>   kept_zero;       // [stream*kv_size + cell] of keep set to 0 for the last ubatch
     };
 
+    // what a pass dumps of one sequence (ELASTICKV_DUMP), [layer][head][cell] in the order of its cells
+    struct pass_dump {
+        std::vector<float>   score, recency;
+        std::vector<uint8_t> before, after;
+    };
+    // llama-elastickv-evict-dump.cpp
+    void write_pass_dump(int32_t ctx_id, int64_t n_pass, llama_seq_id s, uint32_t strm, const std::vector<uint32_t> & cells,
+                         const std::vector<llama_pos> & pos, const pass_dump & d, int64_t B, int64_t n_log, int64_t freed) const;
+
+    // llama-elastickv-evict-keys.cpp: semantic's representatives or learned's outputs for one layer and KV head, from
+    // the layer's keys of the sequence's cells (float [n, n_head, hd]) and the head's flags before the pass
+    void key_priority(const layer & l, int32_t h, const std::vector<llama_pos> & pos, const std::vector<uint8_t> & evicted,
+                      int64_t B_layer, const std::vector<float> & keys, std::vector<float> & prio) const;
+
     const layer * layer_for(int il, const ggml_tensor * k) const;
     float & bias_at (layer & l, uint32_t strm, int32_t h, uint32_t c);
     float & score_at(layer & l, uint32_t strm, int32_t h, uint32_t c);
@@ -137,6 +152,7 @@ private:
     llama_elastickv_policy_desc  desc;
     llama_elastickv_budget       budget;
     llama_elastickv_evict_params params;
+    llama_elastickv_mlp          mlp; // learned: the network
     llama_kv_cache *             kv;
     uint32_t                     kv_size;
     uint32_t                     n_stream;
@@ -145,6 +161,7 @@ private:
     std::vector<int32_t> by_il; // model layer -> index in layers, -1 if none
     std::vector<device> devs;
     int64_t             n_ubatch    = 0; // ubatches seen (their dump names)
+    int64_t             next_pass   = 0; // the index the next pass will have: the recency of a cell written now
     std::vector<int64_t> seq_freed_total;  // [seq]
     std::vector<int64_t> seq_evicted_last; // [seq]
 };

@@ -18,6 +18,11 @@ const llama_elastickv_policy_desc * llama_elastickv_policy_get(llama_elastickv_p
         case LLAMA_ELASTICKV_POLICY_RANDOM_TOKENS:  return &LLAMA_ELASTICKV_POLICY_RANDOM_TOKENS_DESC;
         case LLAMA_ELASTICKV_POLICY_RANDOM_ENTRIES: return &LLAMA_ELASTICKV_POLICY_RANDOM_ENTRIES_DESC;
         case LLAMA_ELASTICKV_POLICY_TOPK_ENTRIES:   return &LLAMA_ELASTICKV_POLICY_TOPK_ENTRIES_DESC;
+        case LLAMA_ELASTICKV_POLICY_SLIDING_WINDOW: return &LLAMA_ELASTICKV_POLICY_SLIDING_WINDOW_DESC;
+        case LLAMA_ELASTICKV_POLICY_LRU:            return &LLAMA_ELASTICKV_POLICY_LRU_DESC;
+        case LLAMA_ELASTICKV_POLICY_LRU_FIFO:       return &LLAMA_ELASTICKV_POLICY_LRU_FIFO_DESC;
+        case LLAMA_ELASTICKV_POLICY_SEMANTIC:       return &LLAMA_ELASTICKV_POLICY_SEMANTIC_DESC;
+        case LLAMA_ELASTICKV_POLICY_LEARNED:        return &LLAMA_ELASTICKV_POLICY_LEARNED_DESC;
     }
     return nullptr;
 }
@@ -49,19 +54,25 @@ uint64_t llama_elastickv_hash(uint64_t seed, std::initializer_list<uint64_t> a) 
     return h;
 }
 
-void llama_elastickv_select(
+void llama_elastickv_candidates(
         const llama_elastickv_policy_desc & desc,
         const llama_elastickv_budget      & b,
         int32_t                              sink,
         int64_t                              B_layer,
         const std::vector<llama_pos>       & pos,
-        const float                        * score,
-        std::vector<uint8_t>               & evicted) {
+        const std::vector<uint8_t>         & evicted,
+        std::vector<int64_t>               & cand,
+        int64_t                            & heavy) {
+    cand.clear();
+    heavy = 0;
     const int64_t n = (int64_t) pos.size();
     if (n == 0) {
         return;
     }
     const llama_pos pos_max = pos.back();
+    if (desc.no_sinks) {
+        sink = 0;
+    }
 
     int64_t n_sink = 0;
     for (llama_pos p : pos) {
@@ -71,19 +82,31 @@ void llama_elastickv_select(
     int64_t R = b.recent >= 0 ? std::min<int64_t>(b.recent, avail)
                               : (int64_t) std::floor((1.0 - b.heavy_ratio)*(double) avail + 0.5);
     R = std::min(R, avail);
-    const int64_t heavy = avail - R;
+    heavy = avail - R;
 
     // candidates: not a sink, not recent, not evicted yet
-    std::vector<int64_t> cand;
     for (int64_t i = 0; i < n; ++i) {
         if (pos[i] >= sink && pos[i] <= pos_max - R && !evicted[i]) {
             cand.push_back(i);
         }
     }
+}
+
+void llama_elastickv_select(
+        const llama_elastickv_policy_desc & desc,
+        const llama_elastickv_budget      & b,
+        int32_t                              sink,
+        int64_t                              B_layer,
+        const std::vector<llama_pos>       & pos,
+        const float                        * score,
+        std::vector<uint8_t>               & evicted) {
+    std::vector<int64_t> cand;
+    int64_t heavy = 0;
+    llama_elastickv_candidates(desc, b, sink, B_layer, pos, evicted, cand, heavy);
     if ((int64_t) cand.size() <= heavy) {
         return;
     }
-    std::vector<double> prio(n, 0.0);
+    std::vector<double> prio(pos.size(), 0.0);
     for (int64_t i : cand) {
         prio[i] = desc.priority(b, pos[i], score ? score[i] : 0.0f);
     }

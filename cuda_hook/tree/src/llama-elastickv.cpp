@@ -172,7 +172,7 @@ void llama_elastickv::impl::setup(const llama_model & model, const std::vector<g
         throw std::runtime_error(std::string("elastickv: ELASTICKV_POLICY=") + desc->name + " with ELASTICKV_SCOPE=" +
             (cfg.scope == LLAMA_ELASTICKV_SCOPE_SHARED ? "shared" : "head") + " ELASTICKV_FREE=" + (cfg.free_cells ? "1" : "0") +
             " hides cells per layer and KV head with an attention bias, which flash attention cannot take; run with -fa off, or "
-            "use a policy whose evictions free cells (streaming, random_tokens, or h2o/scissorhands with ELASTICKV_SCOPE=shared, "
+            "use a policy whose evictions free cells (streaming, random_tokens, sliding_window, lru_fifo, or h2o/scissorhands/lru with ELASTICKV_SCOPE=shared, "
             "ELASTICKV_FREE=1), which the KQ mask hides");
     }
     if (desc && !desc->token) {

@@ -5,7 +5,7 @@ At a pass, for one sequence, layer and KV head (cells in ascending position, ``e
 
   n      cells of the sequence; B = ceil(fraction * n) or min(cells, n) (ELASTICKV_BUDGET); B_l = the
          policy's layer budget (B for every policy but pyramidkv)
-  sinks  pos < sink, always kept;             avail = max(B_l - n_sinks, 0)
+  sinks  pos < sink, always kept (none for a policy without sinks);             avail = max(B_l - n_sinks, 0)
   R      recent window: min(recent, avail) if ELASTICKV_RECENT is set, else floor((1 - heavy_ratio)*avail + 0.5);
          cells with pos > pos_max - R are always kept
   heavy  avail - R cells are kept among the other cells not yet evicted: highest priority first, ties to the
@@ -38,6 +38,9 @@ class Budget:
     heavy_ratio: float = 0.8
     seed: int = 42
     beta: float = 20.0
+    clusters: int = 32  # semantic: K
+    cluster_keys: str = "head"  # semantic: "head" (each KV head's keys) or "mean" (each layer's, averaged over heads)
+    learned_weights: str = ""  # learned: the MLP's weights file
 
 
 @dataclass(frozen=True)
@@ -48,6 +51,10 @@ class Policy:
     reset_score: bool  # scores cover the queries since the last pass only
     priority: Callable[[Budget, np.ndarray, np.ndarray], np.ndarray] | None = None  # (budget, pos, score) -> float64
     layer_budget: Callable[[Budget, int, int, int, int], int] | None = None  # (budget, B, n, layer, n_layer)
+    sinks: bool = True  # False: ELASTICKV_SINK is not used, no cell is kept for its position (sliding_window)
+    recency: bool = False  # the priority reads the cell's recency, not its score (lru, lru_fifo; see lru.py)
+    clusters: bool = False  # the priority marks the representatives of a K-means (semantic; see semantic.py)
+    learned: bool = False  # the priority is an MLP's output on the layer's mean key (learned; see learned.py)
 
 
 def uniform_budget(b: Budget, B: int, n: int, layer: int, n_layer: int) -> int:
@@ -117,24 +124,37 @@ def hash64(seed: int, *parts) -> np.ndarray:
     return h
 
 
-def select(policy: Policy, b: Budget, sink: int, B_layer: int, pos: np.ndarray, score: np.ndarray | None,
-           evicted: np.ndarray) -> np.ndarray:
-    """The evicted flags after the pass (a new array) for one sequence, layer and KV head."""
+def candidates(policy: Policy, b: Budget, sink: int, B_layer: int, pos: np.ndarray,
+               evicted: np.ndarray) -> tuple[np.ndarray, int]:
+    """(candidates, heavy) of a selection: the indices of the cells that are not sinks, not in the recent window and
+    not evicted yet (ascending position), and how many of them are kept."""
     pos = np.asarray(pos, dtype=np.int64)
-    out = np.asarray(evicted, dtype=bool).copy()
     n = len(pos)
     if n == 0:
-        return out
+        return np.zeros(0, dtype=np.int64), 0
     pos_max = int(pos[-1])
+    if not policy.sinks:
+        sink = 0
     n_sink = int(np.count_nonzero(pos < sink))
     avail = max(B_layer - n_sink, 0)
     R = min(b.recent, avail) if b.recent >= 0 else int(math.floor((1.0 - b.heavy_ratio) * avail + 0.5))
     R = min(R, avail)
     heavy = avail - R
-    cand = np.flatnonzero((pos >= sink) & (pos <= pos_max - R) & ~out)
+    cand = np.flatnonzero((pos >= sink) & (pos <= pos_max - R) & ~np.asarray(evicted, dtype=bool))
+    return cand, heavy
+
+
+def select(policy: Policy, b: Budget, sink: int, B_layer: int, pos: np.ndarray, score: np.ndarray | None,
+           evicted: np.ndarray) -> np.ndarray:
+    """The evicted flags after the pass (a new array) for one sequence, layer and KV head. ``score`` is what the
+    priority reads: the accumulated score, the recency for a recency policy (:func:`lru.recency_after`), or the
+    representative flags of semantic (:func:`semantic.representatives`)."""
+    pos = np.asarray(pos, dtype=np.int64)
+    out = np.asarray(evicted, dtype=bool).copy()
+    cand, heavy = candidates(policy, b, sink, B_layer, pos, out)
     if len(cand) <= heavy:
         return out
-    sc = np.zeros(n, dtype=np.float32) if score is None else np.asarray(score, dtype=np.float32)
+    sc = np.zeros(len(pos), dtype=np.float32) if score is None else np.asarray(score, dtype=np.float32)
     prio = policy.priority(b, pos[cand], sc[cand].astype(np.float64))
     # highest priority first, ties: higher position first
     order = np.lexsort((-pos[cand], -prio))
