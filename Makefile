@@ -24,7 +24,7 @@ help:
 	@echo "make test       build the test targets (patched + unpatched llama.cpp) and run the test suite"
 	@echo "make test-debug Debug CPU build (asserts on, -O0) and the hook's and op's tests on it (DEBUG_TESTS)"
 	@echo "make sanitize   ASan + UBSan CPU build and the hook's end-to-end and server tests on it (SANITIZE_TESTS; no report"
-	@echo "                allowed; not in CI: about an hour on 2 cores)"
+	@echo "                allowed; not in CI: about two hours on 2 shared cores)"
 	@echo "make build      CPU build of every tool (perplexity, completion, bench, cli, server, test-backend-ops)"
 	@echo "make build-cuda CUDA build (CUDA_ARCH=90, FA_QUANTS='f16-f16;q8_0-q8_0;q4_0-q4_0;q8_0-f16')"
 	@echo "make bench      the op's bandwidth against memcpy (bench-op), then the decode overhead (llama-bench, hook on/off)"
