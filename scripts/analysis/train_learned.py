@@ -39,7 +39,7 @@ os.environ["OMP_NUM_THREADS"] = "1"
 import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from elastickv import config, dump, envvars, paths, policies, ppl, results  # noqa: E402
+from elastickv import config, dump, envvars, paths, policies, ppl, pypi, results  # noqa: E402
 from elastickv.policies import common, learned, semantic  # noqa: E402
 from elastickv.progress import Progress  # noqa: E402
 
@@ -180,21 +180,12 @@ def train(x: np.ndarray, y: np.ndarray, cfg: dict) -> tuple[list, list[float]]:
 
 def auc(score: np.ndarray, y: np.ndarray) -> float:
     """Probability that a kept sample outranks an evicted one (ties count half)."""
-    pos, neg = score[y > 0.5], score[y <= 0.5]
+    pos, neg = score[y > 0.5], np.sort(score[y <= 0.5])
     if len(pos) == 0 or len(neg) == 0:
         return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="stable")
-    ranks = np.empty(len(order))
-    allv = np.concatenate([pos, neg])[order]
-    # average ranks of ties
-    i = 0
-    while i < len(allv):
-        j = i
-        while j + 1 < len(allv) and allv[j + 1] == allv[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2.0 + 1
-        i = j + 1
-    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+    below = np.searchsorted(neg, pos, "left")  # evicted samples scored lower than each kept one
+    tied = np.searchsorted(neg, pos, "right") - below
+    return float((below.sum() + 0.5 * tied.sum()) / (len(pos) * len(neg)))
 
 
 def run(cfg: dict, force: bool = False, records: Path | None = None) -> dict:
@@ -221,23 +212,19 @@ def run(cfg: dict, force: bool = False, records: Path | None = None) -> dict:
     z = learned.logits(weights, xh)
     data = {
         "h2o_run": paths.relative(rec),
-        "text_sha256": results_sha256(paths.ROOT / cfg["data"]),
+        "text_sha256": pypi.sha256_of(paths.ROOT / cfg["data"]),
         "samples": int(len(y)), "train": int(len(yt)), "holdout": int(len(yh)),
         "kept_fraction": float(y.mean()),
         "loss_per_epoch": losses,
         "holdout_accuracy": float(np.mean((z > 0) == (yh > 0.5))),
         "holdout_auc": auc(z, yh),
-        "weights": paths.relative(wpath), "weights_sha256": results_sha256(wpath),
+        "weights": paths.relative(wpath), "weights_sha256": pypi.sha256_of(wpath),
     }
     agg = results.aggregate(cfg["artifact"], SCRIPT, cfg, data, [rec],
                             "label: H2O kept (1) or evicted (0) a candidate cell at a pass, per layer and KV head; "
                             "input: the cell's key averaged over the layer's KV heads")
     results.write_aggregate(paths.ROOT / cfg["output"], agg, force=force)
     return agg
-
-
-def results_sha256(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def main() -> int:

@@ -48,12 +48,17 @@ class DumpPass:
 CACHES = ("full", "swa")
 
 
+def _cache_tag(cache: str) -> str:
+    """What a cache adds to a pass's file names: nothing for "full", "swa_" for "swa"; ValueError otherwise."""
+    if cache not in CACHES:
+        raise ValueError(f"cache {cache!r}: one of {', '.join(CACHES)}")
+    return "swa_" if cache == "swa" else ""
+
+
 def _prefix(ctx: int, pass_id: int, cache: str) -> str:
     """The file prefix of a pass: ``ctx<C>_pass<P>``, or ``ctx<C>_swa_pass<P>`` for the sliding-window cache of a
     model whose attention layers are split between a full and a sliding-window cache (iSWA)."""
-    if cache not in CACHES:
-        raise ValueError(f"cache {cache!r}: one of {', '.join(CACHES)}")
-    return f"ctx{ctx}_{'swa_' if cache == 'swa' else ''}pass{pass_id:06d}"
+    return f"ctx{ctx}_{_cache_tag(cache)}pass{pass_id:06d}"
 
 
 def kv_cells(folder: Path, ctx: int, pass_id: int, cache: str = "full") -> np.ndarray:
@@ -101,8 +106,7 @@ def _keys(folder: Path, pattern: str) -> list[tuple[int, ...]]:
 
 def passes(folder: Path, cache: str = "full") -> list[tuple[int, int]]:
     """(ctx, pass) of every pass of ``cache`` in the folder, in order."""
-    _prefix(0, 0, cache)  # validates cache
-    return _keys(folder, r"ctx(\d+)_swa_pass(\d+)\.json" if cache == "swa" else r"ctx(\d+)_pass(\d+)\.json")
+    return _keys(folder, rf"ctx(\d+)_{_cache_tag(cache)}pass(\d+)\.json")
 
 
 def load(folder: Path, ctx: int, pass_id: int, cache: str = "full") -> DumpPass:

@@ -327,10 +327,16 @@ def frees_all(resolved: dict) -> bool:
     """Every eviction of this resolved configuration frees its cell (``llama_elastickv_frees_all``): a token policy
     with FREE=1 that is position-only (streaming, random_tokens, sliding_window, lru_fifo) or runs with SCOPE=shared
     (not pyramidkv)."""
+    from . import policies  # the policies' definitions (the package imports this module's budget parser)
+
     p = resolved.get("policy")
-    if p not in TOKEN_POLICIES or p in ("pyramidkv", "semantic", "learned") or not resolved.get("free", True):
+    if p not in TOKEN_POLICIES or not resolved.get("free", True):
         return False
-    return p in ("streaming", "random_tokens", "sliding_window", "lru_fifo") or resolved.get("scope") == "shared"
+    P = policies.policy(p)
+    if P.layer_budget is not policies.common.uniform_budget:
+        return False
+    # position-only policies evict the same cells in every layer and head; the others only with a shared scope
+    return (P.score == "none" and not (P.clusters or P.learned)) or resolved.get("scope") == "shared"
 
 
 def min_kv_cells(budget: str, n_ctx_seq: int, n_batch: int, evict_every: int = 64, warm: int = 128,

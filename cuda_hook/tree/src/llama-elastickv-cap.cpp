@@ -27,7 +27,7 @@
 bool llama_elastickv_frees_all(const llama_elastickv_config & cfg) {
     const llama_elastickv_policy_desc * desc = llama_elastickv_policy_get(cfg.policy);
     // position-only policies evict the same cells in every layer and head; the others only with a shared scope
-    const bool same_everywhere = desc && desc->score == LLAMA_ELASTICKV_SCORE_NONE && !desc->clusters && !desc->learned;
+    const bool same_everywhere = desc && desc->score == LLAMA_ELASTICKV_SCORE_NONE && !desc->from_keys();
     return desc && desc->token && cfg.free_cells &&
            (same_everywhere || cfg.scope == LLAMA_ELASTICKV_SCOPE_SHARED) &&
            desc->layer_budget == llama_elastickv_uniform_budget;
@@ -67,7 +67,7 @@ uint32_t llama_elastickv_kv_cells(const llama_model & model, const llama_cparams
             why = std::string("ELASTICKV_POLICY=") + desc->name + " zeroes entries and frees no cell";
         } else if (!cfg.free_cells) {
             why = "ELASTICKV_FREE=0 keeps evicted cells allocated";
-        } else if (desc->clusters || desc->learned) {
+        } else if (desc->from_keys()) {
             why = std::string("ELASTICKV_POLICY=") + desc->name + " ranks each layer's (or KV head's) keys, so a cell is freed only "
                   "when every layer evicted it";
         } else if (desc->layer_budget != llama_elastickv_uniform_budget) {

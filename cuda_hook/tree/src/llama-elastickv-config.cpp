@@ -424,7 +424,7 @@ llama_elastickv_config llama_elastickv_config_from_env() {
         if (cfg.scope == LLAMA_ELASTICKV_SCOPE_SHARED && cfg.policy == LLAMA_ELASTICKV_POLICY_PYRAMIDKV) {
             llama_elastickv_fail("ELASTICKV_SCOPE", s, "cannot be used with ELASTICKV_POLICY=pyramidkv, whose budgets differ per layer (one keep set for all layers would drop them)");
         }
-        if (cfg.scope == LLAMA_ELASTICKV_SCOPE_SHARED && (desc->clusters || desc->learned)) {
+        if (cfg.scope == LLAMA_ELASTICKV_SCOPE_SHARED && desc->from_keys()) {
             llama_elastickv_fail("ELASTICKV_SCOPE", s, std::string("cannot be used with ELASTICKV_POLICY=") + policy_name + ", which ranks the keys of each layer or KV head");
         }
     }

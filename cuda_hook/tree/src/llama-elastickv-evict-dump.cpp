@@ -83,7 +83,7 @@ void llama_elastickv_evict::write_pass_dump(int32_t ctx_id, int64_t n_pass, llam
     if (desc.recency) { // the recency of each cell before this pass's update
         llama_elastickv_write_npy(prefix + "_recency_before.npy", "<f4", { n_layer, H, n }, d.recency.data(), d.recency.size()*sizeof(float));
     }
-    if (uses_scores() || desc.clusters || desc.learned) { // the keys the scores or clusters were computed from, in the cells' order
+    if (uses_scores() || desc.from_keys()) { // the keys the scores or clusters were computed from, in the cells' order
         for (const auto & l : layers) {
             const int64_t hd = l.k->ne[0]/l.n_head;
             std::vector<float> keys;

@@ -44,6 +44,9 @@ llama_elastickv_evict::llama_elastickv_evict(
     }
     by_il.assign(il_max + 1, -1);
 
+    if (desc.learned) {
+        mlp.load(budget.learned_weights); // before the layers: each is checked against its input size
+    }
     // one device state per buffer type holding K
     std::vector<ggml_backend_buffer_type_t> bufts;
     for (const auto & L : kv->layers) {
@@ -61,9 +64,6 @@ llama_elastickv_evict::llama_elastickv_evict(
         }
         l.dev = (int32_t) d;
         l.evicted.assign(n_stream, std::vector<uint8_t>((size_t) l.n_head*kv_size, 0));
-        if (desc.learned && mlp.dims.empty()) {
-            mlp.load(budget.learned_weights);
-        }
         if (desc.learned && (int64_t) mlp.dims[0]*l.n_head != L.k->ne[0]) {
             llama_elastickv_fail("ELASTICKV_LEARNED_WEIGHTS", budget.learned_weights, "takes keys of " + std::to_string(mlp.dims[0]) +
                 " values, but layer " + std::to_string(l.il) + " has KV heads of " + std::to_string(L.k->ne[0]/l.n_head));
@@ -396,6 +396,8 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
         std::vector<float>   sc(n);
         std::vector<uint8_t> ev(n);
         std::vector<float>   key_prio; // semantic: 1 for the cells nearest a centroid; learned: the MLP's outputs
+        // lru: a cell used since the last pass (its count score > 0) was used at this pass
+        auto recency_now = [&](float r, double score) { return uses_scores() && score > 0.0 ? (float) n_pass : r; };
         // shared scope: one selection on the scores summed over every layer and KV head
         std::vector<uint8_t> ev_shared;
         if (shared) {
@@ -423,7 +425,7 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
                     }
                 }
                 for (int64_t i = 0; i < n; ++i) {
-                    const float r = uses_scores() && sum[i] > 0.0 ? (float) n_pass : layers[0].recency[strm][cells[i]];
+                    const float r = recency_now(layers[0].recency[strm][cells[i]], sum[i]);
                     for (auto & l : layers) {
                         for (int32_t h = 0; h < l.n_head; ++h) {
                             l.recency[strm][(size_t) h*kv_size + cells[i]] = r;
@@ -432,7 +434,7 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
                     sc[i] = r;
                 }
             }
-            llama_elastickv_select(desc, budget, params.sink, B, pos, uses_scores() || desc.recency ? sc.data() : nullptr, ev_shared);
+            llama_elastickv_select(desc, budget, params.sink, B, pos, sc.data(), ev_shared);
         }
         std::vector<uint8_t> all_evicted(n, 1); // evicted in every layer and KV head after this pass
         int64_t kept_total = 0;
@@ -442,7 +444,7 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
             const int64_t Bl = shared ? B : desc.layer_budget(budget, B, n_log, li, n_layer);
             int64_t kept_layer = 0;
             std::vector<float> keys; // semantic, learned: the layer's keys of the sequence's cells [n, n_head, hd]
-            if (desc.clusters || desc.learned) {
+            if (desc.from_keys()) {
                 llama_elastickv_read_rows(l.k, strm, false, l.k->ne[0], cells, keys);
             }
             for (int32_t h = 0; h < l.n_head; ++h) {
@@ -452,11 +454,11 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
                     sc[i] = l.score ? score_at(l, strm, h, cells[i]) : 0.0f;
                     ev[i] = evh[base + cells[i]];
                 }
-                if ((desc.clusters || desc.learned) && (h == 0 || !(desc.learned || budget.cluster_mean))) {
+                if (desc.from_keys() && (h == 0 || !(desc.learned || budget.cluster_mean))) {
                     // semantic, learned: a priority from the keys (once per layer when every head shares it)
                     key_priority(l, h, pos, ev, Bl, keys, key_prio);
                 }
-                if (desc.clusters || desc.learned) {
+                if (desc.from_keys()) {
                     std::copy(key_prio.begin(), key_prio.end(), sc.begin());
                 }
                 if (!dump_dir.empty()) {
@@ -472,16 +474,14 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
                         if (!dump_dir.empty()) {
                             pd.recency.push_back(r);
                         }
-                        if (l.score && sc[i] > 0.0f) {
-                            r = (float) n_pass;
-                        }
+                        r     = recency_now(r, sc[i]);
                         sc[i] = r;
                     }
                 }
                 if (shared) {
                     ev = ev_shared;
                 } else {
-                    llama_elastickv_select(desc, budget, params.sink, Bl, pos, l.score || desc.recency || desc.clusters || desc.learned ? sc.data() : nullptr, ev);
+                    llama_elastickv_select(desc, budget, params.sink, Bl, pos, sc.data(), ev);
                 }
                 if (params.flash_attn) {
                     // no bias under flash attention: a cell that cannot be freed (the newest, or shared with another

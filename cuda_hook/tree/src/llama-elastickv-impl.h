@@ -14,6 +14,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
+#include <cstring>
 #include <memory>
 #include <string>
 #include <vector>
@@ -51,9 +52,8 @@ struct llama_elastickv::impl {
         bool      reset_v       = false;
         // what llama_elastickv_get_seq_stats reports
         int64_t   n_pass        = 0;   // passes this sequence took part in
-        double    k_zero        = NAN; // zero fraction of its K / V after its last pass, when read back (collect)
-        double    v_zero        = NAN;
-        double    k_obs = 0, k_nnz = 0, v_obs = 0, v_nnz = 0; // the entries behind k_zero / v_zero (0: not read back)
+        // its K / V entries and their non-zeros after its last pass, when read back (collect); 0: not read back
+        double    k_obs = 0, k_nnz = 0, v_obs = 0, v_nnz = 0;
     };
 
     llama_elastickv_config cfg;
@@ -61,6 +61,7 @@ struct llama_elastickv::impl {
     llama_kv_cache *       kv;
     int32_t                ctx_id;
     const char *           cache = nullptr; // iSWA models: "full" or "swa" (the cache kv is); nullptr: the only cache
+    bool is_swa() const { return cache != nullptr && strcmp(cache, "swa") == 0; }
 
     bool     unified;
     uint32_t n_stream;
@@ -129,7 +130,6 @@ struct llama_elastickv::impl {
         auto & sq = seqs[s];
         sq.last_pass_pos = -1;
         sq.epoch++;
-        sq.k_zero = sq.v_zero = NAN;
         sq.k_obs = sq.k_nnz = sq.v_obs = sq.v_nnz = 0;
         sq.reset_k = sq.reset_v = true;
         mark_seq_unprocessed(s, true, true);

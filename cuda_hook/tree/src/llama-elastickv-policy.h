@@ -102,6 +102,9 @@ struct llama_elastickv_policy_desc {
     // The priority is the output (before the sigmoid, which keeps the order) of an MLP on the cell's key averaged
     // over the layer's KV heads (learned, llama-elastickv-policy-learned.cpp); every head of a layer keeps the same.
     bool                   learned  = false;
+
+    // the priority is computed from the keys of the cells at the pass (semantic, learned)
+    bool from_keys() const { return clusters || learned; }
 };
 
 // learned: the kv-cache-compression notebook's MLP (in -> 128 -> 64 -> 1, ReLU between), read from the file

@@ -167,9 +167,7 @@ void llama_elastickv::impl::report(const std::vector<llama_seq_id> & seqs_pass, 
                 tot[kind][1] += lay[1];
             }
         }
-        // what llama_elastickv_get_seq_stats reports: the sequence's zero fraction after this pass
-        seqs[s].k_zero = tot[0][0] > 0 ? 1.0 - tot[0][1]/tot[0][0] : NAN;
-        seqs[s].v_zero = tot[1][0] > 0 ? 1.0 - tot[1][1]/tot[1][0] : NAN;
+        // what llama_elastickv_get_seq_stats reports: the sequence's entries and non-zeros after this pass
         seqs[s].k_obs  = tot[0][0];
         seqs[s].k_nnz  = tot[0][1];
         seqs[s].v_obs  = tot[1][0];
@@ -180,7 +178,7 @@ void llama_elastickv::impl::report(const std::vector<llama_seq_id> & seqs_pass, 
             const double zv = nv > 0 ? 100.0*(1.0 - tot[1][1]/nv) : 0.0;
             const double nominal = (tot[0][1] + tot[1][1]) > 0 ? (nk + nv)/(tot[0][1] + tot[1][1]) : 0.0;
             LLAMA_LOG_WARN("elastickv: %spass %" PRId64 " seq %d epoch %d pos_max %d (%s): K %.1f%% V %.1f%% zero, nominal %.3fx, %.2f ms\n",
-                cache && strcmp(cache, "swa") == 0 ? "sliding-window cache: " : "", n_pass, s, seqs[s].epoch, pos_max, llama_elastickv_mode_name(cfg.mode), zk, zv, nominal, ms);
+                is_swa() ? "sliding-window cache: " : "", n_pass, s, seqs[s].epoch, pos_max, llama_elastickv_mode_name(cfg.mode), zk, zv, nominal, ms);
         }
     }
     if (stats) {
@@ -239,7 +237,7 @@ void llama_elastickv::impl::dump(const char * when) const {
 
 std::string llama_elastickv::impl::file_prefix() const {
     char prefix[64];
-    snprintf(prefix, sizeof(prefix), "ctx%d_%spass%06" PRId64, ctx_id, cache && strcmp(cache, "swa") == 0 ? "swa_" : "", n_pass);
+    snprintf(prefix, sizeof(prefix), "ctx%d_%spass%06" PRId64, ctx_id, is_swa() ? "swa_" : "", n_pass);
     return prefix;
 }
 

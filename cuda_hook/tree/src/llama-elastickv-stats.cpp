@@ -22,24 +22,23 @@ void llama_elastickv::seq_stats(llama_seq_id s, llama_elastickv_seq_stats & out)
     out.n_pass        = sq.n_pass;
     out.epoch         = sq.epoch;
     out.last_pass_pos = sq.last_pass_pos;
-    out.k_zero        = sq.k_zero;
-    out.v_zero        = sq.v_zero;
     out.n_evicted     = I.evict ? I.evict->seq_evicted(s) : 0;
     out.n_freed       = I.evict ? I.evict->seq_freed(s)   : 0;
+
+    // the zero fractions over the entries of every cache (an iSWA model's two pass at the same ubatches)
+    double k_obs = sq.k_obs, k_nnz = sq.k_nnz, v_obs = sq.v_obs, v_nnz = sq.v_nnz;
+    if (swa) {
+        const auto & sw = swa->seqs[s];
+        k_obs += sw.k_obs; k_nnz += sw.k_nnz; v_obs += sw.v_obs; v_nnz += sw.v_nnz;
+    }
+    out.k_zero = k_obs > 0 ? 1.0 - k_nnz/k_obs : NAN;
+    out.v_zero = v_obs > 0 ? 1.0 - v_nnz/v_obs : NAN;
 
     // resident cells: the full cache's (every position the sequence holds); bytes: both caches of an iSWA model
     const uint32_t strm = I.kv->seq_to_stream[s];
     out.n_cells  = (int64_t) I.cells_of(strm).seq_pos_get(s).size();
     out.kv_bytes = out.n_cells*(int64_t) I.cell_bytes();
     if (swa) {
-        // the zero fractions over the entries of both caches (each cache passes at the same ubatch)
-        const auto & sw = swa->seqs[s];
-        if (sq.k_obs + sw.k_obs > 0) {
-            out.k_zero = 1.0 - (sq.k_nnz + sw.k_nnz)/(sq.k_obs + sw.k_obs);
-        }
-        if (sq.v_obs + sw.v_obs > 0) {
-            out.v_zero = 1.0 - (sq.v_nnz + sw.v_nnz)/(sq.v_obs + sw.v_obs);
-        }
         const int64_t n_swa = (int64_t) swa->cells_of(swa->kv->seq_to_stream[s]).seq_pos_get(s).size();
         out.kv_bytes += n_swa*(int64_t) swa->cell_bytes();
     }
