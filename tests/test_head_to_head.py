@@ -45,8 +45,8 @@ def test_head_to_head_tiny(tmp_rel, model_path):
     assert run(args).returncode == 0
     assert (paths.ROOT / es["h2o"]["record"]).stat().st_mtime == mtime
     # bad input names the problem
-    bad = run(args[:-4] + ["--set", "policies=[lru]", "--set", f"output={rel}/x.json"])
-    assert bad.returncode == 1 and "unknown policy 'lru'" in bad.stderr
+    bad = run(args[:-2] + ["--set", "policies=[lfu]", "--set", f"output={rel}/x.json"])
+    assert bad.returncode == 1 and "unknown policy 'lfu'" in bad.stderr
 
 
 def test_routing_sweep_tiny(tmp_rel, model_path):
