@@ -45,6 +45,23 @@ def test_cells_really_held_at_the_final_passes():
     assert s["max_used_cells"] == 256
 
 
+def test_tokens_evicted_per_chunk_at_the_final_passes():
+    """Per chunk, the logical length less the kept cells at its last pass, mean over layers (passes 1 and 3)."""
+    s = stats.summarize_policy(EVICT)
+    assert s["evicted_tokens_per_chunk"] == [512 - 256, 512 - 128]
+
+
+def test_pass_time_only_when_every_evict_pass_record_is_timed():
+    """The hook's evict_pass "ms" (hooks since 2026-12-04) gives mean, median and total; a record without it (an
+    older hook) gives none rather than a partial figure."""
+    timed = [dict(r, ms=ms) for r, ms in zip(PASSES, (1.0, 2.0, 4.0, 9.0))]
+    s = stats.summarize_policy(EVICT + timed)
+    assert s["pass_ms_mean"] == pytest.approx(4.0) and s["pass_ms_median"] == pytest.approx(3.0)
+    assert s["pass_ms_total"] == pytest.approx(16.0) and s["evict_passes"] == 4
+    assert "pass_ms_mean" not in stats.summarize_policy(EVICT + timed[:3] + PASSES[3:])
+    assert "pass_ms_mean" not in stats.summarize_policy(EVICT + PASSES)
+
+
 @pytest.mark.parametrize("name", ["run.stats.jsonl", "run.stats.jsonl.gz"])
 def test_compress_writes_xz_that_reads_back(tmp_path, name):
     """stats.compress takes a plain (as the hook writes it) or gzipped (older archive) file to <run>.stats.jsonl.xz,

@@ -64,14 +64,14 @@ def cap_variants(cap: int, budget: int) -> dict[str, dict[str, str]]:
 
 
 def bench_once(binary: Path, model: Path, depth: int, n_gen: int, threads: int, variant: str, preset: str,
-               log_path: Path, variant_flags: list[str], variants: dict | None = None) -> dict:
+               log_path: Path, variant_flags: list[str], variants: dict | None = None, flash_attn: str = "1") -> dict:
     hook = {}
     if variants is not None:
         hook = variants[variant]
     elif variant != "off":
         hook = envvars.hook_env(preset=preset) | VARIANTS[variant]
     cmd = [paths.relative(binary), "-m", paths.relative(model), "-p", "0", "-n", str(n_gen), "-d", str(depth),
-           "-r", "1", "--no-warmup", "-fa", "1", "-t", str(threads), "-o", "jsonl", "-v", *variant_flags]
+           "-r", "1", "--no-warmup", "-fa", flash_attn, "-t", str(threads), "-o", "jsonl", "-v", *variant_flags]
     _, text = tools.run(cmd, log_path, hook)
     rows = bench_rows(text)
     if len(rows) != 1:

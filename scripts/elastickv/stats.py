@@ -141,13 +141,16 @@ def per_head(heads: list[dict]) -> list[dict]:
 #   {"record": "evict", ctx, pass, seq, pos_max, layer, head, n, budget, kept}   (token policies; per KV head;
 #                                                                                  n: the logical length)
 #   {"record": "evict_pass", ctx, pass, seq, pos_max, scope, n_logical, budget,   (token policies, hook with the
-#    resident_before, freed, resident_after, union_kept, kv_size, used_after}     physical cap; per sequence)
+#    resident_before, freed, resident_after, union_kept, kv_size, used_after,     physical cap; per sequence)
+#    ms}
 #   {"record": "entries", ctx, pass, layer, kv, n_obs, nnz_obs}                  (element policies; cells
 #                                                                                  outside the sinks)
 # A sequence's state is its last pass before its positions start again (a new chunk). evict_pass: the cells the
 # sequence holds before and after the pass (resident_*), the cells freed (evicted in every layer and KV head),
 # the cells some keep set needs (union_kept) and the cells of its stream in use after the pass (used_after, of
-# kv_size).
+# kv_size); ms (hooks since 2026-12-04): the wall time of the sequence's selection, flag updates and freeing,
+# without the statistics' writes (the scores' download and the bias upload, shared by the pass's sequences, are
+# not in it).
 
 def _last_passes(recs: list[dict], key) -> list[int]:
     """Passes that end a segment: the next pass of the same key starts lower (pos_max) or there is none."""
@@ -176,8 +179,13 @@ def _cell_use(passes: list[dict], finals: set[int]) -> dict:
             per_chunk.append(sum(r[key] for r in rs) / sum(r["n_logical"] for r in rs))
         return float(np.mean(per_chunk))
 
-    return {"resident_cells": share("resident_after"), "union_kept_cells": share("union_kept"),
-            "freed_cells": sum(r["freed"] for r in passes), "max_used_cells": max(r["used_after"] for r in passes)}
+    out = {"resident_cells": share("resident_after"), "union_kept_cells": share("union_kept"),
+           "freed_cells": sum(r["freed"] for r in passes), "max_used_cells": max(r["used_after"] for r in passes)}
+    ms = [r["ms"] for r in passes if "ms" in r]
+    if ms and len(ms) == len(passes):
+        out |= {"pass_ms_mean": float(np.mean(ms)), "pass_ms_median": float(np.median(ms)),
+                "pass_ms_total": float(np.sum(ms)), "evict_passes": len(ms)}
+    return out
 
 
 def summarize_policy(records: list[dict]) -> dict:
@@ -205,8 +213,11 @@ def summarize_policy(records: list[dict]) -> dict:
                 layers[r["layer"]][0] += r["kept"]
                 layers[r["layer"]][1] += r["n"]
         kept = float(np.mean(per_chunk))
+        # tokens evicted: at the last pass of each chunk, logical length - kept cells, mean over layers and KV heads
+        evicted = [float(np.mean([r["n"] - r["kept"] for r in ev if r["pass"] == p])) for p in sorted(finals)]
         out = {"kept_cells": kept, "kept_cells_per_chunk": per_chunk, "n_passes": len({r["pass"] for r in ev}),
                "kept_per_layer": {str(k): v[0] / v[1] for k, v in sorted(layers.items())},
+               "evicted_tokens_per_chunk": evicted,
                "sparsity_k_all": 1.0 - kept, "sparsity_v_all": 1.0 - kept, "nominal": 1.0 / kept}
         return out | _cell_use([r for r in records if r.get("record") == "evict_pass"], finals)
     if en:

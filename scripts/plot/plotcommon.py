@@ -24,7 +24,9 @@ plt.rcParams.update({"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "
 #: display names of the rows of the policy comparisons (Tables 16 and 18, Figure 11); LaTeX-safe
 POLICY_LABELS = {"baseline": "hook off", "elastickv": "ElasticKV", "streaming": "StreamingLLM", "h2o": "H2O",
                  "scissorhands": "ScissorHands", "pyramidkv": "PyramidKV", "random_tokens": "random tokens",
-                 "random_entries": "random entries", "topk_entries": "top-$k$ entries"}
+                 "random_entries": "random entries", "topk_entries": "top-$k$ entries",
+                 "sliding_window": "sliding window", "lru": "LRU", "lru_fifo": "LRU as FIFO", "semantic": "semantic",
+                 "learned": "learned"}
 
 
 #: memories closer than this (relative) count as equal on a Pareto front: a capped cache and a quantized one of

@@ -388,6 +388,9 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
         if (n == 0) {
             continue;
         }
+        // the pass's own time for this sequence (evict_pass "ms"): everything below but the statistics' writes
+        const int64_t t_seq = ggml_time_us();
+        int64_t       t_io  = 0;
         // the budget follows the logical length: freed cells count
         const int64_t n_log = std::max<int64_t>(n, (int64_t) pos.back() + 1);
         const int64_t B     = llama_elastickv_budget_cells(budget, n_log);
@@ -516,9 +519,11 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
                 }
                 kept_layer += kept;
                 if (stats) {
+                    const int64_t t_w = ggml_time_us();
                     fprintf(stats, "{\"record\": \"evict\", \"ctx\": %d, \"pass\": %" PRId64 ", \"seq\": %d, \"pos_max\": %d, "
                         "\"layer\": %d, \"head\": %d, \"n\": %" PRId64 ", \"budget\": %" PRId64 ", \"kept\": %" PRId64 "}\n",
                         ctx_id, n_pass, s, pos.back(), l.il, h, n_log, Bl, kept);
+                    t_io += ggml_time_us() - t_w;
                 }
             }
             kept_total += kept_layer;
@@ -553,9 +558,9 @@ void llama_elastickv_evict::pass(const std::vector<llama_seq_id> & seqs, int32_t
             fprintf(stats, "{\"record\": \"evict_pass\", \"ctx\": %d, \"pass\": %" PRId64 ", \"seq\": %d, \"pos_max\": %d, "
                 "\"scope\": \"%s\", \"n_logical\": %" PRId64 ", \"budget\": %" PRId64 ", \"resident_before\": %" PRId64 ", "
                 "\"freed\": %" PRId64 ", \"resident_after\": %" PRId64 ", \"union_kept\": %" PRId64 ", \"kv_size\": %u, "
-                "\"used_after\": %u}\n",
+                "\"used_after\": %u, \"ms\": %.3f}\n",
                 ctx_id, n_pass, s, pos.back(), shared ? "shared" : "head", n_log, B, n, freed, n - freed, union_kept,
-                kv_size, kcells.get_used());
+                kv_size, kcells.get_used(), (double) (ggml_time_us() - t_seq - t_io)/1000.0);
         }
         if (verbose >= 1) {
             int64_t heads = 0;
