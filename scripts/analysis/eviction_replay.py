@@ -45,7 +45,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, kvanalysis as ka, paths, results  # noqa: E402
-from elastickv.progress import Progress  # noqa: E402
+from elastickv.progress import bar as progress_bar  # noqa: E402
 
 SCRIPT = "scripts/analysis/eviction_replay.py"
 DEFAULTS = {
@@ -85,7 +85,7 @@ def analyse_model(cfg: dict, model: str, dumps: Path | None = None) -> tuple[dic
     sums = {m: {"k_removed": 0.0, "v_removed": 0.0} for m in METHODS}
     tot = {"k": 0.0, "v": 0.0}
     budgets = []
-    with Progress(len(layers), f"{model} layers") as bar:
+    with progress_bar(len(layers), f"{model} layers") as bar:
         for layer in ka.load_layers(dp, layers):
             n, n_head = layer.k.shape[:2]
             reg = ka.region(layer.pos, cfg["sink"])

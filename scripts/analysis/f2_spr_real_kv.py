@@ -40,7 +40,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, kvanalysis as ka, paths, results  # noqa: E402
-from elastickv.progress import Progress  # noqa: E402
+from elastickv.progress import bar as progress_bar  # noqa: E402
 
 SCRIPT = "scripts/analysis/f2_spr_real_kv.py"
 DEFAULTS = {
@@ -80,7 +80,7 @@ def analyse_model(cfg: dict, model: str, dumps: Path | None = None) -> tuple[dic
     pooled = {t: {s: {m: [] for m in METRICS} for s in STATES} for t in ("k", "v")}
     hist = {t: {s: np.zeros(cfg["block"] + 1) for s in STATES} for t in ("k", "v")}
     mismatch = {"k": 0, "v": 0}
-    with Progress(len(layers), f"{model} layers") as bar:
+    with progress_bar(len(layers), f"{model} layers") as bar:
         for layer in ka.load_layers(dp, layers, after=True):
             reg = ka.region(layer.pos, cfg["sink"])
             for t, x, after, scale in (("k", layer.k, layer.k_after, cfg["scale_k"]),

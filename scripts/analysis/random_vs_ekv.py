@@ -42,7 +42,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, kvanalysis as ka, paths, results  # noqa: E402
-from elastickv.progress import Progress  # noqa: E402
+from elastickv.progress import bar as progress_bar  # noqa: E402
 
 SCRIPT = "scripts/analysis/random_vs_ekv.py"
 DEFAULTS = {
@@ -98,7 +98,7 @@ def analyse_model(cfg: dict, model: str, dumps: Path | None = None) -> tuple[dic
     rnd = {name: {d: [[] for _ in range(n_seed)] for d in DAMAGES} for name, _ in presets}
     sparsity = {name: {"k": [], "v": []} for name, _ in presets}
     units = []
-    with Progress(len(layers) * len(presets), f"{model} layers x presets") as bar:
+    with progress_bar(len(layers) * len(presets), f"{model} layers x presets") as bar:
         for layer in ka.load_layers(dp, layers):
             n_cells, n_head = layer.k.shape[:2]
             reg = ka.region(layer.pos, cfg["sink"])

@@ -39,7 +39,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, kvanalysis as ka, paths, results  # noqa: E402
-from elastickv.progress import Progress  # noqa: E402
+from elastickv.progress import bar as progress_bar  # noqa: E402
 
 SCRIPT = "scripts/analysis/simulate_attention_haze.py"
 DEFAULTS = {
@@ -85,7 +85,7 @@ def analyse_model(cfg: dict, model: str, dumps: Path | None = None) -> tuple[dic
     per = {(pt["label"], meth): {m: [] for m in METRICS} for pt in pts for meth in ("elastickv", "random")}
     dense_units = {m: [] for m in ("entropy", "entropy_norm", "effective_keys", "topk_mass")}
     n_head = n_cells = None
-    with Progress(len(layers) * len(pts), f"{model} layers x scales") as bar:
+    with progress_bar(len(layers) * len(pts), f"{model} layers x scales") as bar:
         for layer in ka.load_layers(dp, layers):
             n_cells, n_head = layer.k.shape[:2]
             reg = ka.region(layer.pos, cfg["sink"])

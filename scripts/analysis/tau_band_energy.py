@@ -28,7 +28,7 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, kvanalysis as ka, paths, results  # noqa: E402
-from elastickv.progress import Progress  # noqa: E402
+from elastickv.progress import bar as progress_bar  # noqa: E402
 
 SCRIPT = "scripts/analysis/tau_band_energy.py"
 DEFAULTS = {
@@ -67,7 +67,7 @@ def analyse_model(cfg: dict, model: str, edges: np.ndarray, dumps: Path | None =
     below = edges[1:] <= 1.0  # bands entirely below tau: what ElasticKV zeroes
     pooled = {t: {k: np.zeros(nb) for k in KINDS} for t in ("k", "v")}
     unit = {t: {k: [] for k in KINDS} for t in ("k", "v")}
-    with Progress(len(layers), f"{model} layers") as bar:
+    with progress_bar(len(layers), f"{model} layers") as bar:
         for layer in ka.load_layers(dp, layers):
             reg = ka.region(layer.pos, cfg["sink"])
             for t, x, scale in (("k", layer.k, cfg["scale_k"]), ("v", layer.v, cfg["scale_v"])):

@@ -41,7 +41,7 @@ import numpy as np  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, dump, envvars, paths, policies, ppl, pypi, results  # noqa: E402
 from elastickv.policies import common, learned, semantic  # noqa: E402
-from elastickv.progress import Progress  # noqa: E402
+from elastickv.progress import bar as progress_bar  # noqa: E402
 
 SCRIPT = "scripts/analysis/train_learned.py"
 DEFAULTS = {
@@ -92,7 +92,7 @@ def samples(folder: Path, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
     b = common.parse_budget(cfg["budget"])
     xs, ys = [], []
     keys_found = dump.token_passes(folder)
-    with Progress(len(keys_found), "passes read") as bar:
+    with progress_bar(len(keys_found), "passes read") as bar:
         for key in keys_found:
             t = dump.load_token(folder, *key)
             n = len(t.pos)
@@ -159,7 +159,7 @@ def train(x: np.ndarray, y: np.ndarray, cfg: dict) -> tuple[list, list[float]]:
     m2 = [[np.zeros_like(a) for a in layer] for layer in params]
     b1, b2, eps, lr = 0.9, 0.999, 1e-8, cfg["lr"]
     step, losses = 0, []
-    with Progress(cfg["epochs"], "epochs") as bar:
+    with progress_bar(cfg["epochs"], "epochs") as bar:
         for _ in range(cfg["epochs"]):
             order = rng.permutation(len(y))
             total = 0.0

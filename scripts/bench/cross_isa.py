@@ -30,7 +30,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, envvars, logparse, models, paths, ppl, results, tools  # noqa: E402
-from elastickv.progress import Progress  # noqa: E402
+from elastickv.progress import bar as progress_bar  # noqa: E402
 
 SCRIPT = "scripts/bench/cross_isa.py"
 DEFAULTS = {
@@ -72,7 +72,7 @@ def run(cfg: dict, force: bool = False) -> dict:
     for isa in cfg["isas"]:
         tools.require_binary(paths.binary("llama-perplexity", variant=variant(isa)))
     builds, sources = [], [entry / f"{name}.json" for name in cfg["rows"]]
-    with Progress(len(cfg["isas"]) * (len(cfg["rows"]) + 1), "cross-ISA runs") as bar:
+    with progress_bar(len(cfg["isas"]) * (len(cfg["rows"]) + 1), "cross-ISA runs") as bar:
         for isa in cfg["isas"]:
             out = paths.ROOT / cfg["runs_dir"] / isa
             recs = {}

@@ -44,7 +44,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import envvars, logparse, models, paths, pypi, results, tools  # noqa: E402
-from elastickv.progress import Progress  # noqa: E402
+from elastickv.progress import bar as progress_bar  # noqa: E402
 
 VARIANTS = {
     "off": {},
@@ -205,7 +205,7 @@ def main() -> int:
     order = list(VARIANTS if variants is None else variants)
     runs = []
     started = results.now()
-    with Progress(len(args.depths) * args.rounds * len(order), "llama-bench runs") as bar:
+    with progress_bar(len(args.depths) * args.rounds * len(order), "llama-bench runs") as bar:
         for depth in args.depths:
             for rnd in range(args.rounds):
                 rotated = order[rnd % len(order):] + order[:rnd % len(order)]

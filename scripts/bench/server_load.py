@@ -34,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, envvars, models, paths, results, server, tools  # noqa: E402
 from elastickv import stats as statsfile  # noqa: E402
-from elastickv.progress import Progress  # noqa: E402
+from elastickv.progress import bar as progress_bar  # noqa: E402
 
 SCRIPT = "scripts/bench/server_load.py"
 DEFAULTS = {
@@ -133,7 +133,7 @@ def concurrent(srv: server.Server, reqs: list[dict], cfg: dict, label: str) -> d
                 rss_at[str(done)] = srv.rss_kib()[1]
             bar.update()
 
-    with Progress(len(reqs), f"{label}: requests") as bar:
+    with progress_bar(len(reqs), f"{label}: requests") as bar:
         t0 = time.monotonic()
         with ThreadPoolExecutor(cfg["clients"]) as pool:
             list(pool.map(one, range(len(reqs))))
@@ -168,7 +168,7 @@ def run(cfg: dict, force: bool = False) -> dict:
         first = {}
         for r in reqs:
             first.setdefault(r["distinct"], r["body"])
-        with Progress(len(first), "hook off: alone") as bar:
+        with progress_bar(len(first), "hook off: alone") as bar:
             for d, body in sorted(first.items()):
                 alone[d] = srv.post("/completion", body, timeout=cfg["timeout_s"])["content"]
                 bar.update()

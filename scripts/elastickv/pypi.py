@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from .progress import Progress
+from .progress import bar as progress_bar
 
 
 class FetchError(RuntimeError):
@@ -68,7 +68,7 @@ def _from_index(project: str, filename: str, dest: Path) -> None:
     tmp = dest.with_suffix(dest.suffix + ".part")
     with urllib.request.urlopen(url, timeout=60) as r, open(tmp, "wb") as f:
         total = int(r.headers.get("Content-Length") or 0) or None
-        with Progress(total, f"download {filename}", "B") as bar:
+        with progress_bar(total, f"download {filename}", "B") as bar:
             while True:
                 b = r.read(1 << 20)
                 if not b:

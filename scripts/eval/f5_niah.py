@@ -76,7 +76,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, envvars, logparse, models, paths, pypi, results, stats, tools  # noqa: E402
-from elastickv.progress import Progress  # noqa: E402
+from elastickv.progress import bar as progress_bar  # noqa: E402
 
 SCRIPT = "scripts/eval/f5_niah.py"
 #: bump when a change of this file changes the prompts or how they are run (recorded in every cell's settings)
@@ -688,7 +688,7 @@ def run_model(cfg: dict, model: str, force: bool = False) -> dict:
     recs = {}
     n_cells = len(lengths) * len(cfg["depths"]) * len(cfg["rows"])
     try:
-        with Progress(n_cells, f"{cfg['artifact']} {model}") as bar:
+        with progress_bar(n_cells, f"{cfg['artifact']} {model}") as bar:
             for L in lengths:
                 for d in cfg["depths"]:
                     todo = []

@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, envvars, models, paths, policies, ppl, results, tools  # noqa: E402
-from elastickv.progress import Progress  # noqa: E402
+from elastickv.progress import bar as progress_bar  # noqa: E402
 
 DEFAULTS = {
     "artifact": "Table 16",
@@ -93,7 +93,7 @@ def run(cfg: dict, force: bool = False) -> dict:
     all_policies = ["elastickv"] + list(cfg["policies"])
     runs_dir = paths.ROOT / cfg["runs_dir"]
     entries, sources, baselines = [], [], {}
-    with Progress(len(cfg["models"]) * (1 + len(all_policies) * len(cfg["kept"])), f"{cfg['artifact']} runs") as bar:
+    with progress_bar(len(cfg["models"]) * (1 + len(all_policies) * len(cfg["kept"])), f"{cfg['artifact']} runs") as bar:
         for model in cfg["models"]:
             out = runs_dir / f"{model}-c{cfg['ctx']}-n{cfg['chunks'][model]}"
             base = ppl.run("baseline-base", settings(cfg, model, None, None), out, kld="base", force=force)

@@ -48,7 +48,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, envvars, logparse, models, paths, results, tools  # noqa: E402
-from elastickv.progress import Progress  # noqa: E402
+from elastickv.progress import bar as progress_bar  # noqa: E402
 
 DEFAULTS = {
     "artifact": "",            # e.g. "Tables 7-8"
@@ -636,7 +636,7 @@ def run(cfg: dict, force: bool = False) -> list[dict]:
         model_rel = paths.relative(models.fetch(model)) if todo else ""
         counter = TokenCounter(model_rel, cfg, paths.CACHE / "longbench" / "count" / model)
         fits: dict[str, tuple[str, dict]] = {}
-        with Progress(len(todo), f"LongBench-v2 {model}", " questions") as bar:
+        with progress_bar(len(todo), f"LongBench-v2 {model}", "question") as bar:
             for row, s, item in todo:
                 if item["_id"] not in fits:
                     fits[item["_id"]] = fit_prompt(item, max_ctx_of(cfg, model), counter)

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import decode_overhead  # noqa: E402
 from elastickv import config, corpora, envvars, models, paths, ppl, results, tools  # noqa: E402
-from elastickv.progress import Progress  # noqa: E402
+from elastickv.progress import bar as progress_bar  # noqa: E402
 
 DEFAULTS = {
     "artifact": "Table 21",
@@ -232,7 +232,7 @@ def run(cfg: dict, force: bool = False, collect: bool = False) -> dict:
     check(cfg)
     n = sum(1 + len(p["budgets"]) * len(panel_rows(cfg, p)) for p in cfg["panels"])
     nb = 0 if cfg["bench"] is None else cfg["bench"]["rounds"] * (1 + len(cfg["bench"]["rows"]))
-    with Progress(n + nb, f"{cfg['artifact']} runs") as bar:
+    with progress_bar(n + nb, f"{cfg['artifact']} runs") as bar:
         entries, baselines, sources, pending = run_panels(cfg, force, collect, bar)
         bench = run_bench(cfg, force, collect, bar)
     bench_out = None

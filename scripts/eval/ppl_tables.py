@@ -22,7 +22,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, envvars, logparse, models, paths, ppl, results, tools  # noqa: E402
-from elastickv.progress import Progress  # noqa: E402
+from elastickv.progress import bar as progress_bar  # noqa: E402
 
 DEFAULTS = {
     "artifact": "",            # e.g. "Table 2"
@@ -113,7 +113,7 @@ def run(cfg: dict, force: bool = False) -> dict:
         raise config.ConfigError("nothing to run: no model has chunks at any context of the config")
     runs_dir = paths.ROOT / cfg["runs_dir"]
     entries, sources = [], []
-    with Progress(len(todo) * (len(cfg["rows"]) + 1), f"{cfg['artifact']} runs") as bar:
+    with progress_bar(len(todo) * (len(cfg["rows"]) + 1), f"{cfg['artifact']} runs") as bar:
         for model, ctx, chunks in todo:
             out = runs_dir / f"{model}-c{ctx}-n{chunks}"
             base = row_settings(cfg, model, ctx, chunks, {"name": "baseline", "cache": "f16"})

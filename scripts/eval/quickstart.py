@@ -29,7 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import envvars, logparse, models, paths, ppl, results, tools  # noqa: E402
-from elastickv.progress import Progress  # noqa: E402
+from elastickv.progress import bar as progress_bar  # noqa: E402
 
 #: the eviction rows keep this fraction of the positions, through the smallest cap that holds it
 EVICT_BUDGET = "0.25"
@@ -151,7 +151,7 @@ def main() -> int:
 
     records: dict[str, dict] = {}
     try:
-        with Progress(len(ROWS) + 1, "quickstart runs") as bar:
+        with progress_bar(len(ROWS) + 1, "quickstart runs") as bar:
             ppl.run("baseline-base", settings("f16", None), out, kld="base", force=args.force)
             bar.update()
             for name, ctype, hook in ROWS:

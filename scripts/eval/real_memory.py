@@ -47,7 +47,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, envvars, models, paths, ppl, results, tools  # noqa: E402
-from elastickv.progress import Progress  # noqa: E402
+from elastickv.progress import bar as progress_bar  # noqa: E402
 
 DEFAULTS = {
     "artifact": "Table 19",
@@ -238,7 +238,7 @@ NOTES = ("KLD, top-1 agreement and PPL against the f16 base of the same panel an
          "written.")
 
 
-def assemble(cfg: dict, collect_only: bool, force: bool, bar: Progress | None) -> tuple[dict, list]:
+def assemble(cfg: dict, collect_only: bool, force: bool, bar: object | None) -> tuple[dict, list]:
     """Runs (or, with ``collect_only``, only reads) every panel's runs in order; writes the aggregate after each
     panel. Returns (aggregate, sources)."""
     runs_dir = paths.ROOT / cfg["runs_dir"]
@@ -302,7 +302,7 @@ def run(cfg: dict, force: bool = False, collect_only: bool = False) -> dict:
         return agg
     for p in cfg["panels"]:
         models.fetch(p["model"])  # before the first run: a model that cannot be fetched stops nothing midway
-    with Progress(total, f"{cfg['artifact']} runs") as bar:
+    with progress_bar(total, f"{cfg['artifact']} runs") as bar:
         agg, _ = assemble(cfg, False, force, bar)
     return agg
 

@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from elastickv import config, dump, envvars, logparse, models, paths, policies, pypi, results, routing, tools  # noqa: E402
 from elastickv import routing_suite  # noqa: E402
-from elastickv.progress import Progress  # noqa: E402
+from elastickv.progress import bar as progress_bar  # noqa: E402
 import f5_niah  # noqa: E402  (tokenizer and log parsing shared with the NIAH grid)
 
 SCRIPT = "scripts/eval/routing_sweep.py"
@@ -222,7 +222,7 @@ def run(cfg: dict) -> dict:
     rows, sources = [], [items_file]
     try:
         configs = [(None, None)] + [(p, k) for k in cfg["kept"] for p in cfg["policies"]]
-        with Progress(len(items) * len(configs), f"{cfg['artifact']} runs") as bar:
+        with progress_bar(len(items) * len(configs), f"{cfg['artifact']} runs") as bar:
             for item in items:
                 n_prompt, ans = answer_tokens(tok, item)
                 for policy, kept in configs:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, envvars, models, paths, pypi, results, tools  # noqa: E402
-from elastickv.progress import Progress  # noqa: E402
+from elastickv.progress import bar as progress_bar  # noqa: E402
 
 DEFAULTS = {
     "artifact": "Table 6",
@@ -131,7 +131,7 @@ def run(cfg: dict, force: bool = False) -> dict:
     runs_dir.mkdir(parents=True, exist_ok=True)
     todo = measurements(cfg)
     runs = []
-    with Progress(len(todo) * cfg["rounds"] * len(names), "llama-bench runs") as bar:
+    with progress_bar(len(todo) * cfg["rounds"] * len(names), "llama-bench runs") as bar:
         for kind, size in todo:
             for rnd in range(cfg["rounds"]):
                 k = rnd % len(names)

@@ -90,6 +90,10 @@ def main() -> None:
     header = ["claim", "notebook", "measured here (WikiText-2 test, c 2048)", "why they differ"]
     table = tt.tabular("p{2.6cm}p{2.8cm}p{5.4cm}p{5.4cm}", header, rows)
     nums = {"TTwentyTwoClaims": str(len(rows))}
+    trained = tt.load("learned/train_learned.json")["data"]
+    nums["TTwentyTwoLearnedAuc"] = f"{trained['holdout_auc']:.3f}"
+    nums["TTwentyTwoLearnedSamples"] = f"{trained['samples']:,}"
+
     if h2o and learned:
         nums["TTwentyTwoLearnedKld"] = f"{learned['kld']['value']:.4f}"
         nums["TTwentyTwoHTwoOKld"] = f"{h2o['kld']['value']:.4f}"
