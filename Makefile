@@ -37,9 +37,11 @@ help:
 	@echo "make paper      figures + generated tables + the PDF (paper/build/elastickv.pdf); installs TeX if missing"
 	@echo "make experiments  re-run every experiment of the paper on this machine (hours on 2 CPU cores)"
 
-$(VENV)/.stamp: requirements.txt
+# the venv: requirements.txt, then the harness package itself, editable (`import elastickv` from anywhere)
+$(VENV)/.stamp: requirements.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt
+	$(PY) -m pip install --quiet --disable-pip-version-check --no-build-isolation --no-deps -e .
 	touch $@
 
 model: $(VENV)/.stamp

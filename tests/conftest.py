@@ -11,8 +11,17 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "scripts"))
-sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "tests"))  # the tests' own helpers (llama_run, ggml_op, archive_guard)
+
+# the harness package comes from the venv (pip install -e ., the Makefile's venv step), and from this checkout
+try:
+    import elastickv.paths
+except ModuleNotFoundError:
+    raise SystemExit("tests: the harness package elastickv is not installed in this Python; run `make test` "
+                     "(its venv step runs pip install -e .) or `pip install -e .` here") from None
+if elastickv.paths.ROOT != ROOT:
+    raise SystemExit(f"tests: elastickv is installed from {elastickv.paths.ROOT}, not from this checkout ({ROOT}); "
+                     "run `pip install --no-build-isolation --no-deps -e .` here")
 
 # the session fails if any test wrote to, changed or removed a file of results/ (tests/archive_guard.py)
 from archive_guard import pytest_sessionfinish, pytest_sessionstart, pytest_terminal_summary  # noqa: E402,F401

@@ -18,9 +18,7 @@ from __future__ import annotations
 import argparse
 import math
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, paths, pplstats, results  # noqa: E402
 
 DEFAULTS = {

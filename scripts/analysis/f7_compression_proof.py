@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, paths, results  # noqa: E402
 
 DEFAULTS = {

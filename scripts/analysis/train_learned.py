@@ -38,7 +38,6 @@ os.environ["OPENBLAS_NUM_THREADS"] = "1"
 os.environ["OMP_NUM_THREADS"] = "1"
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, dump, envvars, paths, policies, ppl, pypi, results  # noqa: E402
 from elastickv.policies import common, learned, semantic  # noqa: E402
 from elastickv.progress import bar as progress_bar  # noqa: E402

@@ -28,7 +28,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, envvars, logparse, models, paths, ppl, results, tools  # noqa: E402
 from elastickv.progress import bar as progress_bar  # noqa: E402
 

@@ -42,7 +42,6 @@ import statistics
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import envvars, logparse, models, paths, pypi, results, tools  # noqa: E402
 from elastickv.progress import bar as progress_bar  # noqa: E402
 

@@ -32,9 +32,7 @@ import sqlite3
 import statistics
 import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, paths, results, tools  # noqa: E402
 
 SCRIPT = "scripts/bench/op_bandwidth.py"

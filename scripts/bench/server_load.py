@@ -29,9 +29,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, envvars, models, paths, results, server, tools  # noqa: E402
 from elastickv import stats as statsfile  # noqa: E402
 from elastickv.progress import bar as progress_bar  # noqa: E402

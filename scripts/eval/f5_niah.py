@@ -74,7 +74,6 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, envvars, logparse, models, paths, pypi, results, stats, tools  # noqa: E402
 from elastickv.progress import bar as progress_bar  # noqa: E402
 

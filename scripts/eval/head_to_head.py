@@ -30,7 +30,6 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, envvars, models, paths, policies, ppl, results, tools  # noqa: E402
 from elastickv.progress import bar as progress_bar  # noqa: E402
 

@@ -46,7 +46,6 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, envvars, logparse, models, paths, results, tools  # noqa: E402
 from elastickv.progress import bar as progress_bar  # noqa: E402
 

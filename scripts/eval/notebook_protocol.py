@@ -41,7 +41,6 @@ import re
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import decode_overhead  # noqa: E402
 from elastickv import config, corpora, envvars, models, paths, ppl, results, tools  # noqa: E402

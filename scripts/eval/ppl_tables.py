@@ -20,7 +20,6 @@ import math
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import config, envvars, logparse, models, paths, ppl, results, tools  # noqa: E402
 from elastickv.progress import bar as progress_bar  # noqa: E402
 

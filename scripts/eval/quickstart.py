@@ -27,7 +27,6 @@ import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from elastickv import envvars, logparse, models, paths, ppl, results, tools  # noqa: E402
 from elastickv.progress import bar as progress_bar  # noqa: E402
 

@@ -41,7 +41,6 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from elastickv import config, dump, envvars, logparse, models, paths, policies, pypi, results, routing, tools  # noqa: E402
 from elastickv import routing_suite  # noqa: E402

@@ -99,7 +99,8 @@ if [ -z "$RESULTS" ]; then
     if [ "$DRY_RUN" = 1 ]; then RESULTS=$WORK/results/$SHORT; else RESULTS=results/gpu/$SHORT; fi
 fi
 rm -rf "$RESULTS" && mkdir -p "$RESULTS/logs" || die "cannot create $RESULTS"
-PYTHONPATH="$(cd "$WORK" && pwd)/pylib${PYTHONPATH:+:$PYTHONPATH}"
+# the pack's wheels and the harness package (scripts/elastickv: no pip install -e . on a bare GPU machine)
+PYTHONPATH="$(cd "$WORK" && pwd)/pylib:$(pwd)/scripts${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONPATH
 
 if [ "$PREP_OK" = 1 ]; then
