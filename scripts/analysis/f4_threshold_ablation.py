@@ -18,13 +18,12 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import os
 import sys
 from pathlib import Path
 
-# one BLAS thread for the Table 11 products (set before numpy is imported; see random_vs_ekv.py)
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from elastickv import startup
+
+startup.single_threaded_blas()  # the Table 11 products, before numpy is imported
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1] / "eval"))

@@ -29,15 +29,13 @@ Examples:
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-# one BLAS thread: the products are small, and OpenBLAS threads on a busy machine run ~100x slower
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from elastickv import startup
+
+startup.single_threaded_blas()  # before numpy
 import numpy as np  # noqa: E402
 
 from elastickv import config, kvanalysis as ka, paths, results  # noqa: E402
@@ -189,20 +187,8 @@ def markdown(agg: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_arguments(ap, "table11_random_vs_ekv")
-    ka.add_dump_argument(ap)
-    args = ap.parse_args()
-    try:
-        cfg = config.load(args.config, DEFAULTS, args.overrides)
-        agg = run(cfg, force=args.force, dumps=args.dumps)
-    except ka.USER_ERRORS as e:
-        print(f"random_vs_ekv: {e}", file=sys.stderr)
-        return 1
-    print(markdown(agg))
-    print(f"\nrandom_vs_ekv: {cfg['output']} written")
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    return startup.analysis_main(__file__, __doc__, "table11_random_vs_ekv", DEFAULTS, run, markdown, argv)
 
 
 if __name__ == "__main__":

@@ -16,14 +16,13 @@ Examples:
 
 from __future__ import annotations
 
-import argparse
-import os
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # small arrays; BLAS threads only slow a busy machine
-os.environ.setdefault("OMP_NUM_THREADS", "1")
+from elastickv import startup
+
+startup.single_threaded_blas()  # before numpy
 import numpy as np  # noqa: E402
 
 from elastickv import config, kvanalysis as ka, paths, results  # noqa: E402
@@ -130,20 +129,8 @@ def markdown(agg: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_arguments(ap, "supp_tau_band_energy")
-    ka.add_dump_argument(ap)
-    args = ap.parse_args()
-    try:
-        cfg = config.load(args.config, DEFAULTS, args.overrides)
-        agg = run(cfg, force=args.force, dumps=args.dumps)
-    except ka.USER_ERRORS as e:
-        print(f"tau_band_energy: {e}", file=sys.stderr)
-        return 1
-    print(markdown(agg))
-    print(f"\ntau_band_energy: {cfg['output']} written")
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    return startup.analysis_main(__file__, __doc__, "supp_tau_band_energy", DEFAULTS, run, markdown, argv)
 
 
 if __name__ == "__main__":

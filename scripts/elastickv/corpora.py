@@ -72,6 +72,18 @@ def qa_text(seed: int = 1234, n_per_task: int = 2, target_words: int = 1500) -> 
     return "".join(f"{it['context']}\n\nQuestion: {it['question']}\nAnswer: {it['answer']}\n\n" for it in items)
 
 
+def wikitext_test(source: str = "shipped") -> Path:
+    """WikiText-2 raw test: the shipped file (default), or the hub's copy (elastickv.hub.wikitext2_text through the
+    datasets library) written to build/corpora/ (its sha256 goes into every record, like the shipped file's)."""
+    if source == "shipped":
+        return paths.WIKITEXT_TEST
+    if source == "hub":
+        from . import hub
+
+        return _write(OUT / "wikitext-2-raw-hub-test.raw", hub.wikitext2_text("test"))
+    raise CorpusError(f"WikiText-2 source {source!r}; accepted: shipped, hub")
+
+
 def path(name: str, qa: dict | None = None) -> Path:
     """The text file of document type ``name`` (made on first use); ``qa``: routing-suite settings of ``qa``."""
     if name == "narrative":

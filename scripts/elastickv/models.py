@@ -86,25 +86,13 @@ def _derive(name: str, m: dict, dest: Path, src: Path) -> Path:
 
 
 def _fetch_hub(name: str, m: dict, dest: Path) -> Path:
-    """A paper model from the Hugging Face hub: only when asked for by name and the hub is reachable."""
+    """A paper model from the Hugging Face hub (hub.download_model: pinned repo, file and revision; sha256 checked
+    when configs/models.yaml pins it): only when asked for by name and the hub is reachable, or the file is in the
+    hub's cache."""
+    from . import hub
+
     src = m["source"]
     try:
-        from huggingface_hub import hf_hub_download  # optional: not in requirements.txt
-    except ImportError as e:
-        raise ModelError(f"{name} comes from the Hugging Face hub ({src['repo']}/{src['file']}); "
-                         "install huggingface_hub (pip install huggingface_hub) or put the file at "
-                         f"{paths.relative(dest)} by hand") from e
-    try:
-        got = Path(hf_hub_download(repo_id=src["repo"], filename=src["file"], revision=src.get("revision")))
-    except Exception as e:  # offline, unknown repo, gated model: say which and how to proceed
-        raise ModelError(f"{name}: could not fetch {src['repo']}/{src['file']} from the Hugging Face hub "
-                         f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no detail'}). The hub is "
-                         f"needed only for the paper's larger models; offline, copy the GGUF to {paths.relative(dest)}"
-                         ) from e
-    paths.MODELS.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(got, dest)
-    if m.get("sha256"):
-        h = pypi.sha256_of(dest)
-        if h != m["sha256"]:
-            raise ModelError(f"{name}: {paths.relative(dest)} has sha256 {h}, not the pinned {m['sha256']}")
-    return dest
+        return hub.download_model(src["repo"], src["file"], dest, revision=src.get("revision"), sha256=m.get("sha256"))
+    except hub.HubError as e:
+        raise ModelError(f"{name}: {e}. The hub is needed only for the paper's larger models") from None

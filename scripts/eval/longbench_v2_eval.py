@@ -12,9 +12,10 @@ Official regex, on the response with '*' removed: r"The correct answer is \(([A-
 r"The correct answer is ([A-D])" (LENIENT_PATTERNS below are the lenient reading's further tries).
 
 Data (nothing is downloaded unless asked for):
-  --data PATH   LongBench-v2's data.json (a JSON array) or a JSONL file of items in the same format
-  --data hub    load THUDM/LongBench-v2 with the `datasets` library (pip install datasets; needs the
-                Hugging Face hub)
+  --data PATH   LongBench-v2's data.json (a JSON array), a JSONL file of items in the same format, or a
+                directory written by datasets' Dataset.save_to_disk (all read with the `datasets` library)
+  --data hub    load THUDM/LongBench-v2 from the Hugging Face hub with `datasets` (needs the hub reachable, or
+                the data set in its cache)
 
 Seeds: each seed is llama-completion's --seed and, when ``items`` > 0, the seed of the random sample of items
 (so seeds then see different questions). With greedy decoding and all items, the seeds are identical repeats.
@@ -46,7 +47,7 @@ import sys
 import time
 from pathlib import Path
 
-from elastickv import config, envvars, logparse, models, paths, results, tools  # noqa: E402
+from elastickv import config, envvars, hub, logparse, models, paths, results, tools  # noqa: E402
 from elastickv.progress import bar as progress_bar  # noqa: E402
 
 DEFAULTS = {
@@ -73,7 +74,7 @@ LETTERS = "ABCD"
 HUB_DATASET = "THUDM/LongBench-v2"
 FIXTURE_PREFIX = "synthetic-fixture-"  # the _id of tests/data/longbench_v2_fixture.jsonl's invented items
 DATA_HELP = ("get LongBench-v2's data.json (https://huggingface.co/datasets/THUDM/LongBench-v2) and pass "
-             "--data PATH/data.json, or pass --data hub with `pip install datasets` and the Hugging Face hub reachable")
+             "--data PATH/data.json, or pass --data hub with the Hugging Face hub reachable")
 
 # LongBench-v2's official 0-shot prompt (prompts/0shot.txt of THUDM/LongBench), filled as its pred.py does.
 TEMPLATE = ("Please read the following text and answer the question below.\n\n<text>\n$DOC$\n</text>\n\n"
@@ -142,6 +143,11 @@ def parse_items(text: str, where: str) -> list[dict]:
                 raw.append(json.loads(line))
             except json.JSONDecodeError as e:
                 raise DataError(f"{where}:{n}: not a JSON line ({e})") from e
+    return validate_items(raw, where)
+
+
+def validate_items(raw: list, where: str) -> list[dict]:
+    """Every item checked (validate_item), at least one, no _id twice."""
     items = [validate_item(it, where) for it in raw]
     if not items:
         raise DataError(f"{where}: no items")
@@ -153,37 +159,23 @@ def parse_items(text: str, where: str) -> list[dict]:
 
 
 def load_data(source: str) -> tuple[list[dict], dict]:
-    """(items, provenance). ``source``: a JSON/JSONL path or "hub"; empty: a DataError saying how to get it."""
+    """(items, provenance) through the datasets library (elastickv.hub.load_records). ``source``: "hub"
+    (THUDM/LongBench-v2), a JSON array / JSON-lines file (the official data.json), or a directory written by
+    Dataset.save_to_disk; empty: a DataError saying how to get it. Every item is validated (validate_items)."""
     if not source:
         raise DataError(f"no LongBench-v2 data given: {DATA_HELP}")
-    if source == "hub":
-        return _load_hub()
     path = Path(source)
-    if not path.is_absolute():
+    if source != "hub" and not path.is_absolute():
         path = (Path.cwd() / path) if (Path.cwd() / path).exists() else paths.ROOT / path
-    if not path.is_file():
+    if source != "hub" and not path.exists():
         raise DataError(f"no data file {source}: {DATA_HELP}")
-    text = path.read_text(encoding="utf-8")
-    items = parse_items(text, paths.relative(path))
-    return items, {"source": "file", "file": paths.relative(path),
-                   "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest(), "items": len(items)}
-
-
-def _load_hub() -> tuple[list[dict], dict]:
     try:
-        import datasets  # optional: not in requirements.txt
-    except ImportError as e:
-        raise DataError(f"--data hub needs the `datasets` package, which is not installed (pip install datasets); "
-                        f"or {DATA_HELP.split(', or ')[0]}") from e
-    try:
-        ds = datasets.load_dataset(HUB_DATASET, split="train")
-    except Exception as e:  # offline, hub unreachable, renamed dataset: say which and how to proceed
-        detail = str(e).splitlines()[0] if str(e) else "no detail"
-        raise DataError(f"could not load {HUB_DATASET} from the Hugging Face hub ({type(e).__name__}: {detail}); "
-                        f"offline: {DATA_HELP.split(', or ')[0]}") from e
-    items = [validate_item(dict(row), HUB_DATASET) for row in ds]
-    return items, {"source": "hub", "dataset": HUB_DATASET, "fingerprint": getattr(ds, "_fingerprint", None),
-                   "items": len(items)}
+        raw, prov = hub.load_records("hub" if source == "hub" else path, HUB_DATASET, split="train",
+                                     offline_hint=f"offline: {DATA_HELP.split(', or ')[0]}")
+    except hub.HubError as e:
+        raise DataError(str(e)) from None
+    where = HUB_DATASET if source == "hub" else paths.relative(path)
+    return validate_items(raw, where), prov
 
 
 def item_sha256(item: dict) -> str:

@@ -27,7 +27,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from elastickv import envvars, logparse, models, paths, ppl, results, tools  # noqa: E402
+from elastickv import corpora, envvars, hub, logparse, models, paths, ppl, results, tools  # noqa: E402
 from elastickv.progress import bar as progress_bar  # noqa: E402
 
 #: the eviction rows keep this fraction of the positions, through the smallest cap that holds it
@@ -121,6 +121,9 @@ def main() -> int:
     ap.add_argument("--evict-every", type=int, default=64, help="ELASTICKV_EVICT_EVERY, also -b and -ub (default: %(default)s)")
     ap.add_argument("--threads", type=int, default=2, help="-t (default: %(default)s)")
     ap.add_argument("--variant", choices=["cpu", "cuda"], default="cpu", help="which build to run (default: %(default)s)")
+    ap.add_argument("--wikitext", choices=["shipped", "hub"], default="shipped",
+                    help="WikiText-2 test: the copy shipped in data/wikitext-2-raw (default), or the hub's "
+                         "(Salesforce/wikitext through the datasets library; needs the hub or its cache)")
     ap.add_argument("--out", type=Path, default=paths.BUILD / "run" / "quickstart",
                     help="output folder (default: %(default)s)")
     ap.add_argument("--force", action="store_true", help="redo rows whose records exist with other settings")
@@ -134,7 +137,11 @@ def main() -> int:
     chunks = None if args.full else args.chunks
     out = args.out if args.full or args.out != paths.BUILD / "run" / "quickstart" else \
         args.out / f"{model}-c{args.ctx}-n{args.chunks}"
-    data = paths.relative(paths.WIKITEXT_TEST)
+    try:
+        data = paths.relative(corpora.wikitext_test(args.wikitext))
+    except (corpora.CorpusError, hub.HubError) as e:
+        print(f"quickstart: {e}", file=sys.stderr)
+        return 1
 
     def settings(ctype: str, hook_settings: dict | None) -> ppl.PplSettings:
         hook = {}
