@@ -128,7 +128,7 @@ cross-isa: $(VENV)/.stamp model
 # ---- the paper: everything below reads results/ only ----
 FIG_SCRIPTS := $(sort $(wildcard scripts/plot/fig*.py))
 TAB_SCRIPTS := $(sort $(wildcard scripts/plot/tab*.py)) scripts/plot/inline_numbers.py
-TEX_PACKAGES := texlive-latex-base texlive-latex-recommended texlive-fonts-recommended
+TEX_PACKAGES := texlive-latex-base texlive-latex-recommended texlive-fonts-recommended poppler-utils
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
 figures: $(VENV)/.stamp
@@ -137,9 +137,9 @@ figures: $(VENV)/.stamp
 tables: $(VENV)/.stamp
 	@for s in $(TAB_SCRIPTS); do $(PY) $$s || exit 1; done
 
-# TeX from Debian's packages (about 150 MB); nothing is installed when pdflatex is already there
+# TeX and poppler (the rendered-page check) from Debian's packages (about 150 MB); nothing is installed when both are there
 paper-deps:
-	@command -v pdflatex >/dev/null 2>&1 || { \
+	@{ command -v pdflatex && command -v pdftoppm; } >/dev/null 2>&1 || { \
 	  echo "installing TeX from Debian: $(TEX_PACKAGES)"; \
 	  $(SUDO) apt-get install -y --no-install-recommends $(TEX_PACKAGES) >/dev/null 2>&1 || \
 	  { $(SUDO) apt-get update >/dev/null && $(SUDO) apt-get install -y --no-install-recommends $(TEX_PACKAGES); }; }
@@ -150,6 +150,7 @@ paper: figures tables paper-deps
 	  pdflatex -interaction=nonstopmode -halt-on-error -output-directory=build elastickv.tex >build/pdflatex.log 2>&1 \
 	  || { tail -40 build/pdflatex.log; exit 1; }; done
 	@grep -q "undefined" paper/build/elastickv.log && { grep -n "undefined" paper/build/elastickv.log; exit 1; } || true
+	$(PY) scripts/plot/check_pdf.py
 	@echo "paper: paper/build/elastickv.pdf"
 
 # every experiment of the paper, in the order the analyses need them (resumes; see results/MANIFEST.md)

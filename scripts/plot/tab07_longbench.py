@@ -25,7 +25,7 @@ def main() -> None:
     if not aggs:
         table = tt.tabular("l", ["LongBench-v2"], [["not run: the data set is not reachable offline "
                                                     "(results/longbench/README.md)"]])
-        sentence = (r"Tables 7--8 (LongBench-v2) were \textbf{not run}: the data set is distributed only through the "
+        sentence = (r"Table~\ref{tab:longbench} (LongBench-v2) was \textbf{not run}: the data set is distributed only through the "
                     r"Hugging Face hub, which the machine that made these results could not reach. "
                     r"\texttt{scripts/eval/longbench\_v2\_eval.py} runs them from the hub or a local copy "
                     r"(\texttt{results/longbench/README.md}); its scoring is tested on a synthetic fixture only.")

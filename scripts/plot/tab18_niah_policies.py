@@ -74,7 +74,7 @@ def main() -> None:
     nums["TEighteenSentence"] = (
         f"Needles found at the interior depths ({', '.join(f'{100 * x:g}' for x in cfg['depths'] if 0 < x < 1)}"
         "\\,\\% of the haystack), where a policy has to choose what to keep: " + "; ".join(parts) + ". "
-        f"The grid has the depths {depths}\\,\\% and the same needles as Table 3; flash attention "
+        f"The grid has the depths {depths}\\,\\% and the same needles as Table~\\ref{{tab:niah}}; flash attention "
         f"{cfg['flash_attn']} for every row, -b = -ub = {cfg['evict_every']}: in {acted} of the {len(hook_cells)} "
         "cells of the hook rows whose needle lies outside the sinks, the last pass before the first answer "
         "token covered the needle.")

@@ -168,7 +168,7 @@ def main() -> None:
         "without eviction over it. Evicting policies free their cells under a cap of "
         "ELASTICKV\\_KV\\_CELLS cells, the least the hook accepts for the budget, -b = -ub = "
         f"{cfg['evict_every']}, sink {cfg['sink']}, flash attention on, against the f16 base; the best row is the "
-        "lowest KLD among the rows measured in the panel (Table~19 lists them). "
+        "lowest KLD among the rows measured in the panel (Table~\\ref{tab:real-memory} lists them). "
         + ". ".join(parts) + "."
         + (f" {pending} runs of the configured grid were still pending." if pending else ""))
     tt.write("tab19_real_memory", table, nums, "scripts/plot/tab19_real_memory.py")

@@ -83,7 +83,7 @@ def main() -> None:
         ["4$\\times$ (B = 512) with no degradation", "no loss at B $\\ge$ 512",
          (f"{len(b512) - len(zero)} of {len(b512)} rows lose quality at B = 512 (lowest KLD "
           f"{lo512['kld']['value']:.4f}, {tt.esc(lo512['row'])})" if lo512 else "not run"),
-         "its texts were shorter than 512 tokens, so those budgets never evicted; here every run evicts (Table 21)"],
+         "its texts were shorter than 512 tokens, so those budgets never evicted; here every run evicts (Table~\\ref{tab:notebook})"],
         ["Learned eviction replaces H2O", "claimed, never applied", measured(learned, base),
          "the notebook's evaluation skipped every window that needed an eviction (a dtype error); here the MLP runs in the hook, trained on H2O's choices over validation text"],
     ]
