@@ -18,25 +18,18 @@ from __future__ import annotations
 import argparse
 import sys
 
+import pandas as pd
 import textable as tt
 
 RESULT = "notebook_protocol.json"
 
 
-def panels(agg: dict) -> list[tuple[str, int]]:
-    return list(dict.fromkeys((e["document"], e["ctx"]) for e in agg["data"]["entries"]))
-
-
-def dppl(e: dict) -> float:
-    return 100 * (e["ppl"]["value"] / e["ppl_base"]["value"] - 1)
-
-
-def saving(e: dict, base: dict) -> float:
-    return base["kv_real_mib"] / e["kv_real_mib"]
-
-
-def kld(e: dict | None) -> str:
-    return "--" if e is None else f"{max(e['kld']['value'], 0.0):.4f}"
+def frame(agg: dict) -> pd.DataFrame:
+    """The entries as a DataFrame, one row per run, with the value columns the table reads."""
+    df = pd.DataFrame(agg["data"]["entries"])
+    df["kld_value"] = df["kld"].str["value"].clip(lower=0.0)
+    df["dppl"] = 100 * (df["ppl"].str["value"] / df["ppl_base"].str["value"] - 1)
+    return df
 
 
 def main() -> None:
@@ -44,32 +37,32 @@ def main() -> None:
     data = agg["data"]
     if not data["entries"]:
         raise tt.MissingResult(f"results/{RESULT} holds no finished run yet; run scripts/eval/notebook_protocol.py")
-    budgets = sorted({e["budget"] for e in data["entries"]})
+    df = frame(agg)
+    budgets = sorted(df["budget"].unique())
+    # KLD per (panel, row) and budget, rows in the order they ran
+    kld = df.pivot_table(index=["document", "ctx", "row"], columns="budget", values="kld_value", sort=False)
     bench = data["bench"]
     rows, rules, nums = [], set(), {}
-    for doc, ctx in panels(agg):
-        es = [e for e in data["entries"] if e["document"] == doc and e["ctx"] == ctx]
+    for (doc, ctx), panel in df.groupby(["document", "ctx"], sort=False):
         base = data["baselines"][f"{doc}-c{ctx}"]
-        low = min(e["budget"] for e in es)
+        low = panel["budget"].min()
         if rows:
             rules.add(len(rows))
-        first = True
-        for row in dict.fromkeys(e["row"] for e in es):
-            got = {e["budget"]: e for e in es if e["row"] == row}
-            e = got[low]
+        for i, e in enumerate(panel[panel["budget"] == low].to_dict("records")):
+            row = e["row"]
             dec = bench["overhead"].get(row) if bench and doc == "narrative" and ctx == bench["depth"] else None
-            head = f"{doc} c{ctx} (PPL {base['ppl']['value']:.2f})" if first else ""
-            first = False
-            ms = "--" if e["pass_ms_mean"] is None else f"{e['pass_ms_mean']:.2f}"
-            over = "--" if e["evict_overhead_pct"] is None else f"{e['evict_overhead_pct']:.2f}"
-            rows.append([tt.esc(head), tt.esc(row)] + [kld(got.get(b)) for b in budgets]
-                        + [f"{low}", f"{dppl(e):+.1f}", f"{saving(e, base):.2f}$\\times$", ms, over,
-                           "--" if dec is None else f"{dec['overhead_pct_mean']:+.1f}"])
+            head = f"{doc} c{ctx} (PPL {base['ppl']['value']:.2f})" if i == 0 else ""
+            ms = "--" if pd.isna(e["pass_ms_mean"]) else f"{e['pass_ms_mean']:.2f}"
+            over = "--" if pd.isna(e["evict_overhead_pct"]) else f"{e['evict_overhead_pct']:.2f}"
+            kl = kld.loc[(doc, ctx, row)]
+            rows.append([tt.esc(head), tt.esc(row)] + ["--" if pd.isna(kl.get(b)) else f"{kl[b]:.4f}" for b in budgets]
+                        + [f"{low}", f"{e['dppl']:+.1f}", f"{base['kv_real_mib'] / e['kv_real_mib']:.2f}$\\times$",
+                           ms, over, "--" if dec is None else f"{dec['overhead_pct_mean']:+.1f}"])
             if doc == "narrative" and ctx == 2048:
                 key = tt.macro_name(f"TTwentyOne{row}")
-                nums[key + "Kld"] = kld(e)
-                nums[key + "Dppl"] = f"{dppl(e):+.1f}\\,\\%"
-                nums[key + "Saving"] = f"{saving(e, base):.2f}$\\times$"
+                nums[key + "Kld"] = f"{e['kld_value']:.4f}"
+                nums[key + "Dppl"] = f"{e['dppl']:+.1f}\\,\\%"
+                nums[key + "Saving"] = f"{base['kv_real_mib'] / e['kv_real_mib']:.2f}$\\times$"
                 nums[key + "Ms"] = ms
                 nums[key + "Overhead"] = over + "\\,\\%"
                 if dec is not None:
