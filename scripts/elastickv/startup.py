@@ -26,9 +26,9 @@ from typing import Callable
 
 def single_threaded_blas() -> None:
     """One BLAS/OpenMP thread unless the caller's environment says otherwise: the analyses' products are small,
-    and OpenBLAS threads on a busy 2-core machine run them ~100x slower. Must run before numpy is imported."""
-    if "numpy" in sys.modules:
-        raise RuntimeError("single_threaded_blas() must run before numpy is imported")
+    and OpenBLAS threads on a busy 2-core machine run them ~100x slower. Takes effect only before numpy is first
+    imported (a script calls it first thing; a test that imports the script into a running interpreter keeps that
+    interpreter's BLAS threads)."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
