@@ -132,15 +132,17 @@ def settings(cfg: dict, p: dict, hook: dict) -> ppl.PplSettings:
                            variant=cfg["variant"], hook=hook)
 
 
-def eval_ms(log: Path) -> float | None:
-    """The prompt-eval time of a llama-perplexity log (llama_perf_context_print), i.e. the forward passes."""
-    m = re.findall(r"prompt eval time =\s*([0-9.]+) ms", log.read_text(errors="replace"))
+def eval_ms(rec: dict) -> float | None:
+    """The prompt-eval time of a run's llama-perplexity log (llama_perf_context_print), i.e. the forward passes;
+    the log as the record names it (archived xz-compressed: tools.open_text reads either)."""
+    with tools.open_text(paths.ROOT / rec["log"], errors="replace") as f:
+        m = re.findall(r"prompt eval time =\s*([0-9.]+) ms", f.read())
     return float(m[-1]) if m else None
 
 
 def entry(cfg: dict, p: dict, row: str, budget: int, cap: int | None, rec: dict, rec_path: Path) -> dict:
     m = rec["metrics"]
-    fwd = eval_ms(rec_path.with_suffix(".log"))
+    fwd = eval_ms(rec)
     evicted = m.get("evicted_tokens_per_chunk") or [0.0]
     return {
         "document": p["document"], "ctx": p["ctx"], "chunks": p["chunks"], "row": row, "budget": budget,
@@ -170,7 +172,7 @@ def run_panels(cfg: dict, force: bool, collect: bool, bar) -> tuple[list, dict, 
         bar.update()
         baselines[key] = {"document": p["document"], "ctx": p["ctx"], "chunks": p["chunks"],
                           "ppl": base["metrics"]["ppl"], "kv_real_mib": base["metrics"]["kv_real_mib"],
-                          "eval_ms": eval_ms(base_path.with_suffix(".log")), "data": base["data"],
+                          "eval_ms": eval_ms(base), "data": base["data"],
                           "record": paths.relative(base_path)}
         sources.append(base_path)
         for budget in p["budgets"]:
