@@ -23,27 +23,38 @@ from . import paths, routing_suite
 
 CORPORA = ("narrative", "code", "qa")
 OUT = paths.BUILD / "corpora"
+#: the routing-suite settings of the qa document (config key ``qa`` overrides them)
+QA_DEFAULTS = {"seed": 1234, "n_per_task": 2, "target_words": 1500}
 
 
 class CorpusError(ValueError):
     """A corpus name or its shipped data is wrong."""
 
 
-def _checked(folder: Path, names: list[str] | None = None) -> dict[str, bytes]:
-    """The files of ``folder`` listed in its SHA256SUMS (or ``names`` of them), each checked."""
+def verified_files(folder: Path, error: type[Exception] = CorpusError, unlisted: str = "*.txt") -> dict[str, bytes]:
+    """The files listed in ``folder``/SHA256SUMS, in sorted name order, each checked against its hash. A missing
+    SHA256SUMS, a missing or changed listed file, or a file matching ``unlisted`` that SHA256SUMS does not list is
+    an ``error`` (the caller's exception class: f5_niah's HaystackError for the haystack)."""
     sums = folder / "SHA256SUMS"
-    if not sums.is_file():
-        raise CorpusError(f"{paths.relative(sums)} is missing: the shipped data is incomplete")
-    pinned = dict(reversed(line.split(maxsplit=1)) for line in sums.read_text().splitlines() if line.strip())
-    pinned = {k.lstrip("*").strip(): v for k, v in pinned.items()}
+    if not sums.exists():
+        raise error(f"{paths.relative(sums)} is missing: the files cannot be verified")
+    pinned = {}
+    for line in sums.read_text().splitlines():
+        if line.strip():
+            digest, name = line.split(None, 1)
+            pinned[name.lstrip("*")] = digest
+    extra = sorted(p.name for p in folder.glob(unlisted) if p.name not in pinned)
+    if extra:
+        raise error(f"{paths.relative(folder)}: {', '.join(extra)} not listed in SHA256SUMS")
     out = {}
-    for name in sorted(pinned if names is None else names):
+    for name in sorted(pinned):
         path = folder / name
-        if not path.is_file():
-            raise CorpusError(f"{paths.relative(path)} is missing")
+        if not path.exists():
+            raise error(f"{paths.relative(path)} is missing (listed in SHA256SUMS)")
         data = path.read_bytes()
-        if hashlib.sha256(data).hexdigest() != pinned[name]:
-            raise CorpusError(f"{paths.relative(path)} does not match its SHA256SUMS")
+        got = hashlib.sha256(data).hexdigest()
+        if got != pinned[name]:
+            raise error(f"{paths.relative(path)} has sha256 {got}, not the pinned {pinned[name]}")
         out[name] = data
     return out
 
@@ -61,12 +72,13 @@ def _write(path: Path, text: str) -> Path:
 
 
 def code_text() -> str:
-    files = _checked(paths.DATA / "python-stdlib")
+    files = verified_files(paths.DATA / "python-stdlib")
     return "".join(f"# file: {name}\n{data.decode('utf-8')}\n" for name, data in files.items() if name.endswith(".py"))
 
 
-def qa_text(seed: int = 1234, n_per_task: int = 2, target_words: int = 1500) -> str:
-    essays = _checked(paths.DATA / "paul_graham_essays")
+def qa_text(seed: int = QA_DEFAULTS["seed"], n_per_task: int = QA_DEFAULTS["n_per_task"],
+            target_words: int = QA_DEFAULTS["target_words"]) -> str:
+    essays = verified_files(paths.DATA / "paul_graham_essays")
     filler = "\n".join(d.decode("utf-8") for n, d in essays.items() if n.endswith(".txt"))
     items = routing_suite.generate(seed, n_per_task, target_words, filler_text=filler)
     return "".join(f"{it['context']}\n\nQuestion: {it['question']}\nAnswer: {it['answer']}\n\n" for it in items)
@@ -87,10 +99,10 @@ def wikitext_test(source: str = "shipped") -> Path:
 def path(name: str, qa: dict | None = None) -> Path:
     """The text file of document type ``name`` (made on first use); ``qa``: routing-suite settings of ``qa``."""
     if name == "narrative":
-        return paths.WIKITEXT_TEST
+        return wikitext_test()
     if name == "code":
         return _write(OUT / "python-stdlib.txt", code_text())
     if name == "qa":
-        q = {"seed": 1234, "n_per_task": 2, "target_words": 1500} | (qa or {})
+        q = QA_DEFAULTS | (qa or {})
         return _write(OUT / f"routing-qa-s{q['seed']}-n{q['n_per_task']}-w{q['target_words']}.txt", qa_text(**q))
     raise CorpusError(f"unknown document type {name!r}; known: {', '.join(CORPORA)}")

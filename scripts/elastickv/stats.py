@@ -203,18 +203,19 @@ def summarize_policy(records: list[dict]) -> dict:
     en = [r for r in records if r.get("record") == "entries"]
     if ev:
         finals = set(_last_passes(ev, lambda r: (r["ctx"], r["seq"])))
-        per_chunk = []
+        # per chunk (its last pass): the kept share, and the tokens evicted = logical length - kept cells, mean over
+        # layers and KV heads
+        per_chunk, evicted = [], []
         for p in sorted(finals):
             rs = [r for r in ev if r["pass"] == p]
             per_chunk.append(sum(r["kept"] for r in rs) / sum(r["n"] for r in rs))
+            evicted.append(float(np.mean([r["n"] - r["kept"] for r in rs])))
         layers: dict = defaultdict(lambda: [0, 0])
         for r in ev:
             if r["pass"] in finals:
                 layers[r["layer"]][0] += r["kept"]
                 layers[r["layer"]][1] += r["n"]
         kept = float(np.mean(per_chunk))
-        # tokens evicted: at the last pass of each chunk, logical length - kept cells, mean over layers and KV heads
-        evicted = [float(np.mean([r["n"] - r["kept"] for r in ev if r["pass"] == p])) for p in sorted(finals)]
         out = {"kept_cells": kept, "kept_cells_per_chunk": per_chunk, "n_passes": len({r["pass"] for r in ev}),
                "kept_per_layer": {str(k): v[0] / v[1] for k, v in sorted(layers.items())},
                "evicted_tokens_per_chunk": evicted,

@@ -74,7 +74,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from elastickv import config, envvars, logparse, models, paths, pypi, results, stats, tools  # noqa: E402
+from elastickv import config, corpora, envvars, logparse, models, paths, pypi, results, stats, tools  # noqa: E402
 from elastickv.progress import bar as progress_bar  # noqa: E402
 
 SCRIPT = "scripts/eval/f5_niah.py"
@@ -131,31 +131,10 @@ class RecordMismatch(NiahError):
 # --------------------------------------------------------------------------------------------- haystack
 
 def load_haystack(folder: Path | str) -> str:
-    """The essays listed in ``folder``/SHA256SUMS, each checked against its hash, in sorted name order and
-    joined with a blank line. A missing, changed or unlisted ``*.txt`` file is an error."""
-    folder = paths.ROOT / folder
-    sums = folder / "SHA256SUMS"
-    if not sums.exists():
-        raise HaystackError(f"{paths.relative(sums)} is missing: the haystack cannot be verified")
-    pinned = {}
-    for line in sums.read_text().splitlines():
-        if line.strip():
-            digest, name = line.split(None, 1)
-            pinned[name.lstrip("*")] = digest
-    unlisted = sorted(p.name for p in folder.glob("*.txt") if p.name not in pinned)
-    if unlisted:
-        raise HaystackError(f"{paths.relative(folder)}: {', '.join(unlisted)} not listed in SHA256SUMS")
-    parts = []
-    for name in sorted(pinned):
-        path = folder / name
-        if not path.exists():
-            raise HaystackError(f"{paths.relative(path)} is missing (listed in SHA256SUMS)")
-        data = path.read_bytes()
-        got = hashlib.sha256(data).hexdigest()
-        if got != pinned[name]:
-            raise HaystackError(f"{paths.relative(path)} has sha256 {got}, not the pinned {pinned[name]}")
-        parts.append(data.decode("utf-8").strip())
-    return "\n\n".join(parts)
+    """The essays listed in ``folder``/SHA256SUMS, each checked against its hash (corpora.verified_files), in
+    sorted name order and joined with a blank line. A missing, changed or unlisted ``*.txt`` file is an error."""
+    files = corpora.verified_files(paths.ROOT / folder, error=HaystackError)
+    return "\n\n".join(data.decode("utf-8").strip() for data in files.values())
 
 
 def cut_words(text: str, n_chars: int) -> str:

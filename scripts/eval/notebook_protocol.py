@@ -125,8 +125,13 @@ def panel_dir(cfg: dict, p: dict) -> Path:
     return paths.ROOT / cfg["runs_dir"] / f"{cfg['model']}-{p['document']}-c{p['ctx']}-n{p['chunks']}"
 
 
-def settings(cfg: dict, p: dict, hook: dict) -> ppl.PplSettings:
-    data = corpora.path(p["document"], cfg["qa"])
+def bench_path(cfg: dict) -> Path:
+    b = cfg["bench"]
+    return paths.ROOT / cfg["runs_dir"] / f"{cfg['model']}-bench-d{b['depth']}-b{b['budget']}.json"
+
+
+def settings(cfg: dict, p: dict, data: Path, hook: dict) -> ppl.PplSettings:
+    """The perplexity run of panel ``p`` on its document's text file ``data`` (corpora.path) with ``hook``."""
     return ppl.PplSettings(model=cfg["model"], data=paths.relative(data), ctx=p["ctx"], batch=cfg["evict_every"],
                            chunks=int(p["chunks"]), flash_attn=cfg["flash_attn"], threads=cfg["threads"],
                            variant=cfg["variant"], hook=hook)
@@ -167,7 +172,8 @@ def run_panels(cfg: dict, force: bool, collect: bool, bar) -> tuple[list, dict, 
             pending += [paths.relative(out / f"{n}.json") for n in
                         ["base"] + [f"{r}-b{b}" for b in p["budgets"] for r in panel_rows(cfg, p)]]
             continue
-        base = ppl.run("base", settings(cfg, p, {}), out, kld="base", force=force) if not collect else \
+        data = corpora.path(p["document"], cfg["qa"])  # made (or checked) once per panel
+        base = ppl.run("base", settings(cfg, p, data, {}), out, kld="base", force=force) if not collect else \
             json.loads(base_path.read_text())
         bar.update()
         baselines[key] = {"document": p["document"], "ctx": p["ctx"], "chunks": p["chunks"],
@@ -186,7 +192,7 @@ def run_panels(cfg: dict, force: bool, collect: bool, bar) -> tuple[list, dict, 
                         continue
                     rec = json.loads(rec_path.read_text())
                 else:
-                    rec = ppl.run(name, settings(cfg, p, hook), out, kld="compare", force=force)
+                    rec = ppl.run(name, settings(cfg, p, data, hook), out, kld="compare", force=force)
                 entries.append(entry(cfg, p, row, budget, cap, rec, rec_path))
                 sources.append(rec_path)
                 bar.update()
@@ -198,7 +204,7 @@ def run_bench(cfg: dict, force: bool, collect: bool, bar) -> dict | None:
     b = cfg["bench"]
     if b is None:
         return None
-    out = paths.ROOT / cfg["runs_dir"] / f"{cfg['model']}-bench-d{b['depth']}-b{b['budget']}.json"
+    out = bench_path(cfg)
     if out.exists() and not force:
         return json.loads(out.read_text())
     if collect:
@@ -242,7 +248,7 @@ def run(cfg: dict, force: bool = False, collect: bool = False) -> dict:
         bench_out = {"depth": cfg["bench"]["depth"], "budget": cfg["bench"]["budget"], "n_gen": cfg["bench"]["n_gen"],
                      "rounds": cfg["bench"]["rounds"], "ns_per_token_off": bench["metrics"]["overhead"][depth]["ns_per_token_off"],
                      "overhead": {r: bench["metrics"]["overhead"][depth][r] for r in cfg["bench"]["rows"]},
-                     "record": paths.relative(paths.ROOT / cfg["runs_dir"] / f"{cfg['model']}-bench-d{depth}-b{cfg['bench']['budget']}.json")}
+                     "record": paths.relative(bench_path(cfg))}
     notes = ("KLD, PPL and top-1 against the f16 base of the same panel (hook off), flash attention "
              f"{cfg['flash_attn']}, -b = -ub = EVICT_EVERY = {cfg['evict_every']}, WARM {cfg['warm']}, sink "
              f"{cfg['sink']} unless a row sets one. budget: cells kept per sequence, layer and KV head. "
