@@ -52,3 +52,17 @@ def test_package_imports_from_anywhere(tmp_path):
                        cwd=tmp_path, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == str(paths.ROOT)
+
+
+def test_entries_flattens_value_and_stderr_and_keeps_the_order():
+    agg = {"data": {"entries": [
+        {"row": "b", "kld": {"value": 0.5, "stderr": 0.1}, "kept": 0.25, "hist": [1, 2]},
+        {"row": "a", "kld": None, "kept": 0.5, "hist": [3]},
+    ], "runs": []}}
+    df = frame.entries(agg)
+    assert list(df["row"]) == ["b", "a"]
+    assert df.loc[0, "kld"] == 0.5 and df.loc[0, "kld_stderr"] == 0.1
+    assert df["kld"].isna().iloc[1] and df["kld_stderr"].isna().iloc[1]
+    assert df.loc[1, "hist"] == [3] and list(df["kept"]) == [0.25, 0.5]
+    assert frame.entries(agg, key="runs").empty
+    assert frame.entries(agg["data"]["entries"]).shape == df.shape

@@ -24,6 +24,11 @@ Example::
     from elastickv.frame import load_runs
     df = load_runs("results/ppl/head_to_head")
     df.pivot_table(index="ekv.policy", columns="ekv.budget", values="kld")
+
+``entries(agg)`` does the same for the entries of an aggregate (``results/<artifact>.json``, ``data.entries`` or
+another list of flat dicts): one row per entry, every ``{"value", "stderr"}`` metric as ``<name>`` and
+``<name>_stderr``, every other field as it is (lists and objects stay objects). The table scripts read their
+aggregates through it.
 """
 
 from __future__ import annotations
@@ -66,6 +71,22 @@ def row(rec: dict, rel: str) -> dict:
         "hook": bool(ekv.get("enabled")),
         **_scalars("settings.", rec.get("settings")), **_scalars("ekv.", ekv), **_metrics(rec.get("metrics") or {}),
     }
+
+
+def entries(agg: dict | list, key: str = "entries") -> pd.DataFrame:
+    """The entries of an aggregate (or a list of entry dicts) as a DataFrame (see the module text); the entries'
+    order is kept. An empty list gives an empty frame."""
+    items = agg if isinstance(agg, list) else agg["data"][key]
+    rows = []
+    for e in items:
+        r = {}
+        for k, v in e.items():
+            if isinstance(v, dict) and set(v) == {"value", "stderr"}:
+                r[k], r[f"{k}_stderr"] = v["value"], v["stderr"]
+            else:
+                r[k] = v
+        rows.append(r)
+    return pd.DataFrame(rows)
 
 
 def load_runs(folder: str | Path = "results", kinds: tuple[str, ...] = RUN_KINDS) -> pd.DataFrame:
