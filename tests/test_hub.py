@@ -34,8 +34,8 @@ def python(code: str, env: dict) -> subprocess.CompletedProcess:
 def test_longbench_from_jsonl_json_array_and_saved_dataset(tmp_path):
     import datasets
 
-    want = lb.parse_items(FIXTURE.read_text(), "fixture")
     rows = [json.loads(line) for line in FIXTURE.read_text().splitlines()]
+    want = lb.validate_items(rows, "fixture")  # the file parsed by json itself
     array = tmp_path / "data.json"
     array.write_text(json.dumps(rows, indent=1))
     saved = tmp_path / "saved"

@@ -53,14 +53,15 @@ def test_fixture_is_a_marked_synthetic_fixture():
         assert len(obj["context"].split()) < 600  # short, so that the tests are fast
 
 
-def test_parse_items_jsonl_and_json_array_agree():
+def test_load_data_jsonl_and_json_array_agree(tmp_path):
     text = FIXTURE.read_text()
-    items = lb.parse_items(text, "fixture")
+    items, _ = lb.load_data(str(FIXTURE))
     assert [it["_id"] for it in items] == [f"synthetic-fixture-0{i}" for i in range(1, 7)]
     assert set(items[0]) == set(lb.FIELDS)  # extra keys ("source") are dropped
     assert [it["answer"] for it in items] == list("BDACBA")
-    as_array = json.dumps([json.loads(line) for line in text.splitlines()], indent=1)
-    assert lb.parse_items(as_array, "fixture.json") == items
+    as_array = tmp_path / "fixture.json"
+    as_array.write_text(json.dumps([json.loads(line) for line in text.splitlines()], indent=1))
+    assert lb.load_data(str(as_array))[0] == items
     assert {it["domain"] for it in items} == {
         "Single-Document QA", "Multi-Document QA", "Long In-context Learning", "Code Repository Understanding",
         "Long-structured Data Understanding", "Long-dialogue History Understanding"}
@@ -71,17 +72,19 @@ def test_parse_items_jsonl_and_json_array_agree():
     (json.dumps(item(answer="E")), "is not one of A, B, C, D"),
     (json.dumps(item(answer=None)), "answer is not a string"),
     (json.dumps(item()) + "\n" + json.dumps(item()), "occurs more than once"),
-    ("{not json", "not a JSON line"),
-    ("[1, 2", "not valid JSON"),
-    ("", "no items"),
+    ("{not json", "bad.jsonl: not a JSON array of objects or JSON lines"),
+    ("[1, 2", "bad.jsonl: not a JSON array of objects or JSON lines"),
+    ("", "bad.jsonl: not a JSON array of objects or JSON lines"),
 ])
-def test_parse_items_refuses_what_is_not_longbench(text, message):
+def test_load_data_refuses_what_is_not_longbench(tmp_path, text, message):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(text)
     with pytest.raises(lb.DataError, match=message):
-        lb.parse_items(text, "bad.jsonl")
+        lb.load_data(str(bad))
 
 
 def test_sample_items_is_seeded_and_ordered():
-    items = lb.parse_items(FIXTURE.read_text(), "fixture")
+    items, _ = lb.load_data(str(FIXTURE))
     ids = [it["_id"] for it in items]
     assert [it["_id"] for it in lb.sample_items(list(reversed(items)), 0, 42)] == sorted(ids)
     assert [it["_id"] for it in lb.sample_items(items, 99, 42)] == sorted(ids)

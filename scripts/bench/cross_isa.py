@@ -22,14 +22,13 @@ Examples:
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from dataclasses import replace
 from pathlib import Path
 
-from elastickv import config, envvars, logparse, models, paths, ppl, results, tools  # noqa: E402
-from elastickv.progress import bar as progress_bar  # noqa: E402
+from elastickv import config, envvars, logparse, paths, ppl, results, startup, tools
+from elastickv.progress import bar as progress_bar
 
 SCRIPT = "scripts/bench/cross_isa.py"
 DEFAULTS = {
@@ -130,16 +129,12 @@ def markdown(agg: dict) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_arguments(ap, "reproduce_cross_isa")
-    args = ap.parse_args()
+    args = startup.parse_args(startup.driver_parser(__doc__, "reproduce_cross_isa"))
     try:
         cfg = config.load(args.config, DEFAULTS, args.overrides)
         agg = run(cfg, force=args.force)
-    except (config.ConfigError, envvars.EnvError, models.ModelError, tools.ToolError, ppl.RecordMismatch,
-            results.ResultExists, FileNotFoundError) as e:
-        print(f"cross_isa: {e}", file=sys.stderr)
-        return 1
+    except startup.driver_errors() as e:
+        return startup.fail(__file__, e)
     print(markdown(agg))
     print(f"\ncross_isa: {cfg['output']} written")
     return 0

@@ -26,14 +26,13 @@ Examples:
 
 from __future__ import annotations
 
-import argparse
 import re
 import sqlite3
 import statistics
 import sys
 import time
 
-from elastickv import config, paths, results, tools  # noqa: E402
+from elastickv import config, paths, results, startup, tools
 
 SCRIPT = "scripts/bench/op_bandwidth.py"
 MODELS = {"llama3-8b": (8, 128), "smollm2-135m": (3, 64), "qwen2.5-0.5b": (2, 64)}  # as in the .inc
@@ -185,15 +184,12 @@ def markdown(agg: dict) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_arguments(ap, "op_bandwidth")
-    args = ap.parse_args()
+    args = startup.parse_args(startup.driver_parser(__doc__, "op_bandwidth"))
     try:
         cfg = config.load(args.config, DEFAULTS, args.overrides)
         agg = run(cfg, force=args.force)
-    except (config.ConfigError, tools.ToolError, BenchError, results.ResultExists, FileNotFoundError) as e:
-        print(f"op_bandwidth: {e}", file=sys.stderr)
-        return 1
+    except startup.driver_errors(BenchError) as e:
+        return startup.fail(__file__, e)
     print(markdown(agg))
     print(f"\nop_bandwidth: {cfg['output']} written")
     return 0

@@ -21,7 +21,6 @@ status, slot and latency, and the servers' logs beside it.
 
 from __future__ import annotations
 
-import argparse
 import json
 import random
 import statistics
@@ -30,8 +29,8 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from elastickv import config, envvars, models, paths, results, server, tools  # noqa: E402
-from elastickv import stats as statsfile  # noqa: E402
+from elastickv import config, envvars, models, paths, results, server, startup, tools
+from elastickv import stats as statsfile
 from elastickv.progress import bar as progress_bar  # noqa: E402
 
 SCRIPT = "scripts/bench/server_load.py"
@@ -243,16 +242,12 @@ def summary(agg: dict) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_arguments(ap, "server_load")
-    args = ap.parse_args()
+    args = startup.parse_args(startup.driver_parser(__doc__, "server_load"))
     try:
         cfg = config.load(args.config, DEFAULTS, args.overrides)
         agg = run(cfg, force=args.force)
-    except (config.ConfigError, tools.ToolError, LoadError, server.ServerError, results.ResultExists,
-            models.ModelError, FileNotFoundError, envvars.EnvError) as e:
-        print(f"server_load: {e}", file=sys.stderr)
-        return 1
+    except startup.driver_errors(LoadError, server.ServerError) as e:
+        return startup.fail(__file__, e)
     print(summary(agg))
     print(f"\nserver_load: {cfg['output']} written")
     return 0 if agg["data"]["passed"] else 2

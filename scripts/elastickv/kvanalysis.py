@@ -28,7 +28,7 @@ from typing import Iterator
 
 import numpy as np
 
-from . import config, dump, envvars, kvdump, models, paths, ppl, reference, results, tools
+from . import config, dump, kvdump, models, paths, reference, startup
 
 # ----------------------------------------------------------------------------------------------------------
 # reading dumps (I/O)
@@ -39,8 +39,7 @@ class AnalysisError(RuntimeError):
 
 
 #: what an analysis script reports as a one-line error (exit 1) rather than a traceback
-USER_ERRORS = (config.ConfigError, AnalysisError, models.ModelError, results.ResultExists, tools.ToolError,
-               ppl.RecordMismatch, envvars.EnvError, FileNotFoundError)
+USER_ERRORS = startup.driver_errors(AnalysisError)
 
 
 @dataclass

@@ -62,7 +62,6 @@ Exit status: 0 done, 1 an error (one line on stderr), 2 bad arguments.
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -74,7 +73,7 @@ import unicodedata
 from dataclasses import dataclass
 from pathlib import Path
 
-from elastickv import config, corpora, envvars, logparse, models, paths, pypi, results, stats, tools  # noqa: E402
+from elastickv import config, corpora, envvars, logparse, models, paths, pypi, results, startup, stats, tools
 from elastickv.progress import bar as progress_bar  # noqa: E402
 
 SCRIPT = "scripts/eval/f5_niah.py"
@@ -720,11 +719,10 @@ def markdown(agg: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_arguments(ap, "table3_niah")
+    ap = startup.driver_parser(__doc__, "table3_niah")
     ap.add_argument("--runner", choices=sorted(RUNNERS),
                     help="the llama.cpp tool that answers the cells (default: the config's runner, completion)")
-    args = ap.parse_args(argv)
+    args = startup.parse_args(ap, argv)
     try:
         cfg = config.load(args.config, DEFAULTS, args.overrides + ([f"runner={args.runner}"] if args.runner else []))
         if cfg["runner"] not in RUNNERS:
@@ -732,10 +730,8 @@ def main(argv: list[str] | None = None) -> int:
         for model in cfg["models"]:
             models.entry(model)  # unknown names fail before anything runs
         aggs = [run_model(cfg, model, force=args.force) for model in cfg["models"]]
-    except (config.ConfigError, envvars.EnvError, models.ModelError, tools.ToolError, NiahError,
-            results.ResultExists, logparse.LogParseError, FileNotFoundError) as e:
-        print(f"f5_niah: {e}", file=sys.stderr)
-        return 1
+    except startup.driver_errors(NiahError, logparse.LogParseError) as e:
+        return startup.fail(__file__, e)
     for agg in aggs:
         print(markdown(agg))
         print(f"f5_niah: {cfg['runs_dir']}/{agg['data']['model']}.json written")

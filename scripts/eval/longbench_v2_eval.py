@@ -35,7 +35,6 @@ Examples:
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import json
@@ -47,7 +46,7 @@ import sys
 import time
 from pathlib import Path
 
-from elastickv import config, envvars, hub, logparse, models, paths, results, tools  # noqa: E402
+from elastickv import config, envvars, hub, logparse, models, paths, results, startup, tools
 from elastickv.progress import bar as progress_bar  # noqa: E402
 
 DEFAULTS = {
@@ -123,27 +122,6 @@ def validate_item(item: object, where: str) -> dict:
     if item["answer"] not in LETTERS:
         raise DataError(f"{where}: item {item['_id']!r}: answer {item['answer']!r} is not one of A, B, C, D")
     return {k: item[k] for k in FIELDS}
-
-
-def parse_items(text: str, where: str) -> list[dict]:
-    """LongBench-v2 items from a JSON array (the official data.json) or JSON lines."""
-    stripped = text.lstrip()
-    raw: list
-    if stripped.startswith("["):
-        try:
-            raw = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{where}: not valid JSON ({e})") from e
-    else:
-        raw = []
-        for n, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                raw.append(json.loads(line))
-            except json.JSONDecodeError as e:
-                raise DataError(f"{where}:{n}: not a JSON line ({e})") from e
-    return validate_items(raw, where)
 
 
 def validate_items(raw: list, where: str) -> list[dict]:
@@ -684,20 +662,17 @@ def markdown(agg: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_arguments(ap, "table7_longbench")
+    ap = startup.driver_parser(__doc__, "table7_longbench")
     ap.add_argument("--data", help="LongBench-v2 data: a JSON/JSONL file, or `hub` (overrides the config's data)")
-    args = ap.parse_args(argv)
+    args = startup.parse_args(ap, argv)
     try:
         overrides = list(args.overrides)
         if args.data is not None:
             overrides.append(f"data={json.dumps(args.data)}")
         cfg = config.load(args.config, DEFAULTS, overrides)
         aggs = run(cfg, force=args.force)
-    except (config.ConfigError, envvars.EnvError, models.ModelError, tools.ToolError, results.ResultExists,
-            DataError, RecordConflict, FileNotFoundError) as e:
-        print(f"longbench_v2_eval: {e}", file=sys.stderr)
-        return 2 if isinstance(e, DataError) else 1
+    except startup.driver_errors(DataError, RecordConflict) as e:
+        return startup.fail(__file__, e, 2 if isinstance(e, DataError) else 1)
     for agg in aggs:
         print(markdown(agg) + "\n")
         print(f"longbench_v2_eval: {cfg['output_dir']}/{agg['data']['model']}.json written")

@@ -15,13 +15,12 @@ Examples:
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
 
-from elastickv import config, envvars, logparse, models, paths, ppl, results, tools  # noqa: E402
-from elastickv.progress import bar as progress_bar  # noqa: E402
+from elastickv import config, envvars, logparse, models, paths, ppl, results, startup
+from elastickv.progress import bar as progress_bar
 
 DEFAULTS = {
     "artifact": "",            # e.g. "Table 2"
@@ -153,16 +152,12 @@ def markdown(agg: dict) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_arguments(ap, "table2_ppl")
-    args = ap.parse_args()
+    args = startup.parse_args(startup.driver_parser(__doc__, "table2_ppl"))
     try:
         cfg = config.load(args.config, DEFAULTS, args.overrides)
         agg = run(cfg, force=args.force)
-    except (config.ConfigError, envvars.EnvError, models.ModelError, tools.ToolError, ppl.RecordMismatch,
-            results.ResultExists, FileNotFoundError) as e:
-        print(f"ppl_tables: {e}", file=sys.stderr)
-        return 1
+    except startup.driver_errors() as e:
+        return startup.fail(__file__, e)
     print(markdown(agg))
     print(f"\nppl_tables: {cfg['output']} written ({len(agg['data']['entries'])} rows)")
     return 0

@@ -23,12 +23,11 @@ Each row writes <out>/<row>.json (schema: results/SCHEMA.md) and its raw log; th
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from elastickv import corpora, envvars, hub, logparse, models, paths, ppl, results, tools  # noqa: E402
-from elastickv.progress import bar as progress_bar  # noqa: E402
+from elastickv import corpora, envvars, hub, logparse, models, paths, ppl, results, startup
+from elastickv.progress import bar as progress_bar
 
 #: the eviction rows keep this fraction of the positions, through the smallest cap that holds it
 EVICT_BUDGET = "0.25"
@@ -113,7 +112,7 @@ def markdown(rows: list[dict], meta: dict) -> str:
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = startup.driver_parser(__doc__)
     ap.add_argument("--model", default=None, help="model name from configs/models.yaml (default: its default)")
     ap.add_argument("--chunks", type=int, default=10, help="512-token chunks of wiki.test.raw (default: %(default)s)")
     ap.add_argument("--full", action="store_true", help="all chunks of wiki.test.raw (hours on 2 CPU cores)")
@@ -127,7 +126,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=paths.BUILD / "run" / "quickstart",
                     help="output folder (default: %(default)s)")
     ap.add_argument("--force", action="store_true", help="redo rows whose records exist with other settings")
-    args = ap.parse_args()
+    args = startup.parse_args(ap)
     if args.chunks < 1:
         ap.error("--chunks must be at least 1")
     if args.ctx < 256 or args.ctx % args.evict_every:
@@ -138,10 +137,10 @@ def main() -> int:
     out = args.out if args.full or args.out != paths.BUILD / "run" / "quickstart" else \
         args.out / f"{model}-c{args.ctx}-n{args.chunks}"
     try:
+        models.entry(model)  # an unknown name fails before anything runs
         data = paths.relative(corpora.wikitext_test(args.wikitext))
-    except (corpora.CorpusError, hub.HubError) as e:
-        print(f"quickstart: {e}", file=sys.stderr)
-        return 1
+    except startup.driver_errors(corpora.CorpusError, hub.HubError) as e:
+        return startup.fail(__file__, e)
 
     def settings(ctype: str, hook_settings: dict | None) -> ppl.PplSettings:
         hook = {}
@@ -163,9 +162,8 @@ def main() -> int:
             for name, ctype, hook in ROWS:
                 records[name] = ppl.run(name, settings(ctype, hook), out, kld="compare", force=args.force)
                 bar.update()
-    except (tools.ToolError, ppl.RecordMismatch, FileNotFoundError) as e:
-        print(f"quickstart: {e}", file=sys.stderr)
-        return 1
+    except startup.driver_errors() as e:
+        return startup.fail(__file__, e)
 
     b = records["baseline"]
     # the chunks llama-perplexity ran (its own count) and the tokens it scored in them; every row ran the same
