@@ -16,8 +16,11 @@ from elastickv import paths, results
 
 PY = sys.executable
 SCRIPTS = sorted([*paths.ROOT.glob("scripts/eval/*.py"), *paths.ROOT.glob("scripts/analysis/*.py"),
+                  *paths.ROOT.glob("scripts/bench/*.py"),
                   *paths.ROOT.glob("scripts/plot/fig*.py"), *paths.ROOT.glob("scripts/plot/tab*.py"),
                   *paths.ROOT.glob("scripts/setup/*.py"), *paths.ROOT.glob("scripts/eval/*.sh")])
+# the scripts that run or read many things (drivers, benchmarks, analyses): --quiet silences their progress bars
+DRIVERS = [s for s in SCRIPTS if s.suffix == ".py" and s.parent.name in ("eval", "analysis", "bench")]
 
 
 def run(cmd, **kw):
@@ -30,6 +33,8 @@ def test_every_script_has_help(script):
     r = run(cmd)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "usage" in r.stdout.lower() and len(r.stdout) > 80
+    if script in DRIVERS:
+        assert "--quiet" in r.stdout, f"{script.name} has no --quiet"
 
 
 def test_ppl_table_one_chunk_resume_and_refusal(tmp_rel, model_path):

@@ -15,11 +15,13 @@ Reads only results/ (the tables of scripts/eval/ppl_tables.py) -> results/ppl/pa
 
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 
-from elastickv import config, paths, pplstats, results  # noqa: E402
+import pandas as pd
+
+from elastickv import config, frame, paths, pplstats, results, startup
+from elastickv import kvanalysis as ka
 
 DEFAULTS = {
     "artifact": "Table 12",
@@ -31,53 +33,52 @@ DEFAULTS = {
 }
 
 
-def analyse(entries: list[dict], cfg: dict, table: str) -> list[dict]:
+def analyse(agg: dict, cfg: dict) -> list[dict]:
+    e = frame.entries(agg)
+    if e.empty:
+        return []
+    # one row per (entry, chunk): each run's own per-chunk NLL, chunks numbered from 0 within the entry
+    pc = e["per_chunk"].explode().dropna()
+    nll = pd.DataFrame({"entry": pc.index, "chunk": pc.groupby(level=0).cumcount().to_numpy(),
+                        "nll": [c["nll"] for c in pc]}).join(e[["model", "ctx", "row"]], on="entry")
+    # paired with the f16 baseline run's NLL of the same (model, ctx, chunk) (not llama.cpp's ln(PPL(Q)/PPL(base)),
+    # whose base side comes from the lossy 16-bit stored log-probabilities)
+    base = nll[nll["row"] == "baseline"].drop(columns=["entry", "row"])
+    paired = nll[nll["row"] != "baseline"].merge(base, on=["model", "ctx", "chunk"], suffixes=("", "_base"))
     out = []
-    base = {(e["model"], e["ctx"]): e for e in entries if e["row"] == "baseline"}
-    for e in entries:
-        b = base.get((e["model"], e["ctx"]))
-        if e["row"] == "baseline" or not e["per_chunk"] or b is None:
-            continue
-        # each run's own per-chunk NLL minus the f16 baseline run's (not llama.cpp's ln(PPL(Q)/PPL(base)), whose
-        # base side comes from the lossy 16-bit stored log-probabilities)
-        d = [c["nll"] - cb["nll"] for c, cb in zip(e["per_chunk"], b["per_chunk"])]
-        n = len(d)
+    for i, d in (paired["nll"] - paired["nll_base"]).groupby(paired["entry"]):
+        r, n = e.loc[i], len(d)
         mean, se = pplstats.mean_se(d)
-        row = {"table": table, "model": e["model"], "ctx": e["ctx"], "row": e["row"], "cache": e["cache"],
-               "chunks": n, "delta_ppl_pct": e["ppl_delta_pct"], "mean_delta_nll": mean,
-               "se_delta_nll": se if n >= cfg["min_chunks"] else None,
-               "z": mean / se if n >= cfg["min_chunks"] and se > 0 else None,
-               "frac_chunks_worse": sum(x > 0 for x in d) / n,
-               "ci95_normal_pct": None, "ci95_bootstrap_pct": None,
-               "unpaired_ppl_stderr_pct": 100 * e["ppl"]["stderr"] / e["ppl"]["value"],
-               "kld": e["kld"]["value"] if e["kld"] else None}
-        if n >= cfg["min_chunks"]:
+        interval = n >= cfg["min_chunks"]
+        row = {"table": agg["artifact"], "model": r["model"], "ctx": r["ctx"], "row": r["row"], "cache": r["cache"],
+               "chunks": n, "delta_ppl_pct": r["ppl_delta_pct"], "mean_delta_nll": mean,
+               "se_delta_nll": se if interval else None, "z": mean / se if interval and se > 0 else None,
+               "frac_chunks_worse": (d > 0).mean(), "ci95_normal_pct": None, "ci95_bootstrap_pct": None,
+               "unpaired_ppl_stderr_pct": 100 * r["ppl_stderr"] / r["ppl"], "kld": r["kld"]}
+        if interval:
             row["ci95_normal_pct"] = [100 * (math.exp(mean - 1.96 * se) - 1), 100 * (math.exp(mean + 1.96 * se) - 1)]
             lo, hi = pplstats.bootstrap_ci(d, cfg["n_boot"], cfg["seed"])
             row["ci95_bootstrap_pct"] = [100 * (math.exp(lo) - 1), 100 * (math.exp(hi) - 1)]
         out.append(row)
-    return out
+    return ka.jsonable(out)     # Python types, a missing KLD as None
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_arguments(ap, "table12_paired_chunks")
-    args = ap.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    ap = startup.driver_parser(__doc__, "table12_paired_chunks")
+    args = startup.parse_args(ap, argv)
     try:
         cfg = config.load(args.config, DEFAULTS, args.overrides)
         rows, sources = [], []
         for rel in cfg["inputs"]:
-            agg = results.load_input(rel)
-            rows += analyse(agg["data"]["entries"], cfg, agg["artifact"])
+            rows += analyse(results.load_input(rel), cfg)
             sources.append(rel)
         notes = ("d_i = per-chunk ln PPL(row) - ln PPL(f16 baseline run), same chunks, from each run's own per-chunk PPL; se = sd(d)/sqrt(n); z = mean/se; "
                  "ci95_normal_pct = 100(exp(mean ± 1.96 se) - 1); ci95_bootstrap_pct: seeded percentile bootstrap of the "
                  "mean; unpaired_ppl_stderr_pct = llama-perplexity's PPL error / PPL (what an unpaired comparison sees).")
         agg = results.aggregate(cfg["artifact"], "scripts/analysis/f1_deep_analysis.py", cfg, {"rows": rows}, sources, notes)
         results.write_aggregate(paths.ROOT / cfg["output"], agg, force=args.force)
-    except (config.ConfigError, results.ResultExists, FileNotFoundError) as e:
-        print(f"f1_deep_analysis: {e}", file=sys.stderr)
-        return 1
+    except startup.driver_errors() as e:
+        return startup.fail(__file__, e)
     print("| table | model | ctx | row | n | ΔPPL % | paired 95% CI | z | chunks worse | unpaired ± % |\n" + "|---" * 10 + "|")
     for r in rows:
         ci = f"[{r['ci95_normal_pct'][0]:+.2f}, {r['ci95_normal_pct'][1]:+.2f}]" if r["ci95_normal_pct"] else "—"

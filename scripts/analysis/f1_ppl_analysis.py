@@ -16,12 +16,14 @@ Reads only results/ -> results/ppl_vs_accuracy.json and results/kv_heads_vs_ppl.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
-from elastickv import config, models, paths, pplstats, results  # noqa: E402
+import pandas as pd
+
+from elastickv import config, frame, models, paths, pplstats, results, startup
+from elastickv import kvanalysis as ka
 
 DEFAULTS = {
     "artifact": "Table 9",
@@ -47,30 +49,45 @@ def niah_summary(folder: Path) -> tuple[list[dict], list[str]]:
     return out, sources
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_arguments(ap, "table9_ppl_vs_accuracy")
-    args = ap.parse_args()
+def accuracy_rows(agg: dict) -> list[dict]:
+    """The non-baseline rows of one perplexity table that have accuracy measures (KLD, top-1 agreement)."""
+    e = frame.entries(agg)
+    if e.empty:
+        return []
+    e = e[(e["row"] != "baseline") & e["kld"].notna()]
+    rows = pd.DataFrame({"table": agg["artifact"], "model": e["model"], "ctx": e["ctx"], "row": e["row"],
+                         "cache": e["cache"], "delta_ppl_pct": e["ppl_delta_pct"], "kld": e["kld"],
+                         "same_top_p_pct": e["same_top_p_pct"], "sparsity": (e["sparsity_k"] + e["sparsity_v"]) / 2})
+    return ka.jsonable(rows.to_dict("records"))
+
+
+def kv_heads_rows(t2: dict, kv_rows: list[str]) -> list[dict]:
+    """The rows ``kv_rows`` of Table 2 beside each model's number of KV heads, by row, then KV heads."""
+    e = frame.entries(t2)
+    e = e[e["row"].isin(kv_rows)]
+    kv = pd.DataFrame({"model": e["model"], "kv_heads": [models.entry(m)[1].get("kv_heads") for m in e["model"]],
+                       "row": e["row"], "ctx": e["ctx"], "delta_ppl_pct": e["ppl_delta_pct"], "kld": e["kld"],
+                       "same_top_p_pct": e["same_top_p_pct"], "sparsity_k": e["sparsity_k"],
+                       "sparsity_v": e["sparsity_v"]}, dtype=object)   # object: an unknown kv_heads stays None
+    return ka.jsonable(kv.sort_values(["row", "kv_heads"], na_position="first").to_dict("records"))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = startup.driver_parser(__doc__, "table9_ppl_vs_accuracy")
+    args = startup.parse_args(ap, argv)
     try:
         cfg = config.load(args.config, DEFAULTS, args.overrides)
         rows, sources = [], []
         for rel in cfg["inputs"]:
-            agg = results.load_input(rel)
+            rows += accuracy_rows(results.load_input(rel))
             sources.append(rel)
-            for e in agg["data"]["entries"]:
-                if e["row"] == "baseline" or not e["kld"]:
-                    continue
-                rows.append({"table": agg["artifact"], "model": e["model"], "ctx": e["ctx"], "row": e["row"],
-                             "cache": e["cache"], "delta_ppl_pct": e["ppl_delta_pct"], "kld": e["kld"]["value"],
-                             "same_top_p_pct": e["same_top_p_pct"]["value"],
-                             "sparsity": (e["sparsity_k"] + e["sparsity_v"]) / 2})
-        corr = {
+        acc = pd.DataFrame(rows, columns=["delta_ppl_pct", "kld", "same_top_p_pct"])
+        disagreement = 100 - acc["same_top_p_pct"]
+        corr = {   # pplstats.spearman, not DataFrame.corr(method="spearman"), which differs in the last bits
             "n_rows": len(rows),
-            "spearman_dppl_kld": pplstats.spearman([r["delta_ppl_pct"] for r in rows], [r["kld"] for r in rows]),
-            "spearman_dppl_top1_disagreement": pplstats.spearman([r["delta_ppl_pct"] for r in rows],
-                                                                 [100 - r["same_top_p_pct"] for r in rows]),
-            "spearman_kld_top1_disagreement": pplstats.spearman([r["kld"] for r in rows],
-                                                                [100 - r["same_top_p_pct"] for r in rows]),
+            "spearman_dppl_kld": pplstats.spearman(acc["delta_ppl_pct"], acc["kld"]),
+            "spearman_dppl_top1_disagreement": pplstats.spearman(acc["delta_ppl_pct"], disagreement),
+            "spearman_kld_top1_disagreement": pplstats.spearman(acc["kld"], disagreement),
         }
         niah, niah_sources = niah_summary(paths.ROOT / cfg["niah_dir"])
         notes = ("delta_ppl_pct: PPL change against the f16 baseline of the same chunks; kld, same_top_p_pct: against "
@@ -79,23 +96,13 @@ def main() -> int:
                                 {"rows": rows, "correlations": corr, "niah": niah}, sources + niah_sources, notes)
         results.write_aggregate(paths.ROOT / cfg["output"], agg, force=args.force)
 
-        t2 = results.load_input(cfg["table2"])
-        kv = []
-        for e in t2["data"]["entries"]:
-            if e["row"] in cfg["kv_rows"]:
-                _, m = models.entry(e["model"])
-                kv.append({"model": e["model"], "kv_heads": m.get("kv_heads"), "row": e["row"], "ctx": e["ctx"],
-                           "delta_ppl_pct": e["ppl_delta_pct"], "kld": e["kld"]["value"],
-                           "same_top_p_pct": e["same_top_p_pct"]["value"],
-                           "sparsity_k": e["sparsity_k"], "sparsity_v": e["sparsity_v"]})
-        kv.sort(key=lambda r: (r["row"], r["kv_heads"] or 0))
+        kv = kv_heads_rows(results.load_input(cfg["table2"]), cfg["kv_rows"])
         agg2 = results.aggregate("KV heads vs PPL", "scripts/analysis/f1_ppl_analysis.py", cfg, {"rows": kv},
                                  [cfg["table2"]], "kv_heads from configs/models.yaml; numbers from Table 2. With two "
                                  "models this is a comparison of two points, not a trend.")
         results.write_aggregate(paths.ROOT / cfg["output_kv_heads"], agg2, force=args.force)
-    except (config.ConfigError, results.ResultExists, FileNotFoundError, models.ModelError) as e:
-        print(f"f1_ppl_analysis: {e}", file=sys.stderr)
-        return 1
+    except startup.driver_errors() as e:
+        return startup.fail(__file__, e)
     print(f"rows {corr['n_rows']}, Spearman(ΔPPL, KLD) = {corr['spearman_dppl_kld']:.2f}, "
           f"Spearman(ΔPPL, top-1 disagreement) = {corr['spearman_dppl_top1_disagreement']:.2f}, "
           f"Spearman(KLD, top-1 disagreement) = {corr['spearman_kld_top1_disagreement']:.2f}")

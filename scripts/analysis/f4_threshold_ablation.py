@@ -16,7 +16,6 @@ Both resume: finished runs are reused; results made with other settings are refu
 
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 from pathlib import Path
@@ -27,7 +26,7 @@ startup.single_threaded_blas()  # the Table 11 products, before numpy is importe
 
 HERE = Path(__file__).resolve()
 sys.path.insert(0, str(HERE.parents[1] / "eval"))
-from elastickv import config, envvars, kvanalysis, models, paths, ppl, pypi, results, tools  # noqa: E402
+from elastickv import config, kvanalysis, pypi  # noqa: E402
 
 import ppl_tables  # noqa: E402  (scripts/eval/ppl_tables.py: the perplexity sweep driver)
 
@@ -39,8 +38,8 @@ def random_vs_ekv():
     return mod
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    ap = startup.driver_parser(__doc__)
     ap.add_argument("--table", choices=["1", "11", "both"], default="both", help="which table (default: both)")
     ap.add_argument("--config1", default="table1_threshold_ablation", help="config of Table 1 (default: %(default)s)")
     ap.add_argument("--config11", default="table11_random_vs_ekv", help="config of Table 11 (default: %(default)s)")
@@ -49,7 +48,7 @@ def main() -> int:
     ap.add_argument("--set11", dest="overrides11", action="append", default=[], metavar="KEY=VALUE",
                     help="override a key of the Table 11 config; repeatable")
     ap.add_argument("--force", action="store_true", help="replace results made with other settings")
-    args = ap.parse_args()
+    args = startup.parse_args(ap, argv)
     try:
         if args.table in ("1", "both"):
             cfg = config.load(args.config1, ppl_tables.DEFAULTS, args.overrides)
@@ -61,10 +60,8 @@ def main() -> int:
             cfg11 = config.load(args.config11, mod.DEFAULTS, args.overrides11)
             mod.run(cfg11, force=args.force)
             print(f"f4_threshold_ablation: {cfg11['output']} written")
-    except (config.ConfigError, envvars.EnvError, models.ModelError, pypi.FetchError, tools.ToolError,
-            ppl.RecordMismatch, results.ResultExists, FileNotFoundError, *kvanalysis.USER_ERRORS) as e:
-        print(f"f4_threshold_ablation: {e}", file=sys.stderr)
-        return 1
+    except startup.driver_errors(pypi.FetchError, *kvanalysis.USER_ERRORS) as e:
+        return startup.fail(__file__, e)
     return 0
 
 

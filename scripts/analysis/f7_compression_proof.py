@@ -17,10 +17,12 @@ Reads only results/ -> results/f7_compression_proof.json.
 
 from __future__ import annotations
 
-import argparse
 import sys
 
-from elastickv import config, paths, results  # noqa: E402
+import pandas as pd
+
+from elastickv import config, frame, paths, results, startup
+from elastickv import kvanalysis as ka
 
 DEFAULTS = {
     "artifact": "Compression accounting",
@@ -29,26 +31,32 @@ DEFAULTS = {
 }
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_arguments(ap, "f7_compression")
-    args = ap.parse_args()
+def compression_rows(agg: dict) -> list[dict]:
+    """The figures of every entry of one perplexity table (see the module text)."""
+    e = frame.entries(agg)
+    if e.empty:
+        return []
+    bitmap = e["bitmap"].astype(float).fillna(1.0)      # no bitmap figure: dense
+    rows = pd.DataFrame({
+        "table": agg["artifact"], "model": e["model"], "ctx": e["ctx"], "row": e["row"], "cache": e["cache"],
+        "elastickv": e["elastickv"].notna(), "sparsity_k": e["sparsity_k"], "sparsity_v": e["sparsity_v"],
+        "nominal": e["nominal"], "bitmap": bitmap, "resident": e["resident"], "kv_mib": e["kv_mib"],
+        "bits_per_value_resident": 16.0 / e["resident"],
+        "bits_per_value_bitmap": 16.0 / (bitmap * e["resident"]),
+        "kld": e["kld"], "delta_ppl_pct": e["ppl_delta_pct"],
+    })
+    return ka.jsonable(rows.to_dict("records"))     # Python types, a missing KLD as None
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = startup.driver_parser(__doc__, "f7_compression")
+    args = startup.parse_args(ap, argv)
     try:
         cfg = config.load(args.config, DEFAULTS, args.overrides)
         rows, sources = [], []
         for rel in cfg["inputs"]:
-            agg = results.load_input(rel)
+            rows += compression_rows(results.load_input(rel))
             sources.append(rel)
-            for e in agg["data"]["entries"]:
-                bitmap = e["bitmap"] if e["bitmap"] is not None else 1.0
-                rows.append({
-                    "table": agg["artifact"], "model": e["model"], "ctx": e["ctx"], "row": e["row"], "cache": e["cache"],
-                    "elastickv": e["elastickv"] is not None, "sparsity_k": e["sparsity_k"], "sparsity_v": e["sparsity_v"],
-                    "nominal": e["nominal"], "bitmap": bitmap, "resident": e["resident"], "kv_mib": e["kv_mib"],
-                    "bits_per_value_resident": 16.0 / e["resident"],
-                    "bits_per_value_bitmap": 16.0 / (bitmap * e["resident"]),
-                    "kld": e["kld"]["value"] if e["kld"] else None, "delta_ppl_pct": e["ppl_delta_pct"],
-                })
         notes = ("nominal = N/nnz; bitmap = 16N/(N+16nnz) (hypothetical sparse format: 1-bit mask + f16 non-zeros); "
                  "resident = f16-equivalent bytes / real KV bytes from llama.cpp's log. A dense cache full of zeros is "
                  "1.00x resident: ElasticKV as shipped saves no memory; bits_per_value_bitmap is what it would need "
@@ -56,9 +64,8 @@ def main() -> int:
         agg = results.aggregate(cfg["artifact"], "scripts/analysis/f7_compression_proof.py", cfg, {"rows": rows},
                                 sources, notes)
         results.write_aggregate(paths.ROOT / cfg["output"], agg, force=args.force)
-    except (config.ConfigError, results.ResultExists, FileNotFoundError) as e:
-        print(f"f7_compression_proof: {e}", file=sys.stderr)
-        return 1
+    except startup.driver_errors() as e:
+        return startup.fail(__file__, e)
     print("| model | ctx | row | nominal | bitmap | resident | bits/value (real) | bits/value (bitmap) | KLD |\n" + "|---" * 9 + "|")
     for r in rows:
         if r["table"] in ("Table 2", "Table 4"):

@@ -27,7 +27,6 @@ Examples:
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import os
 import sys
@@ -38,7 +37,7 @@ os.environ["OPENBLAS_NUM_THREADS"] = "1"
 os.environ["OMP_NUM_THREADS"] = "1"
 import numpy as np  # noqa: E402
 
-from elastickv import config, dump, envvars, paths, policies, ppl, pypi, results  # noqa: E402
+from elastickv import config, dump, envvars, paths, policies, ppl, pypi, results, startup  # noqa: E402
 from elastickv.policies import common, learned, semantic  # noqa: E402
 from elastickv.progress import bar as progress_bar  # noqa: E402
 
@@ -226,16 +225,14 @@ def run(cfg: dict, force: bool = False, records: Path | None = None) -> dict:
     return agg
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_arguments(ap, "learned_eviction")
-    args = ap.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    ap = startup.driver_parser(__doc__, "learned_eviction")
+    args = startup.parse_args(ap, argv)
     try:
         cfg = config.load(args.config, DEFAULTS, args.overrides)
         agg = run(cfg, force=args.force)
-    except (config.ConfigError, results.ResultExists, RuntimeError, FileNotFoundError, ValueError) as e:
-        print(f"train_learned: {e}", file=sys.stderr)
-        return 1
+    except startup.driver_errors(RuntimeError, ValueError) as e:
+        return startup.fail(__file__, e)
     d = agg["data"]
     print(f"train_learned: {d['samples']} samples ({100 * d['kept_fraction']:.1f} % kept by H2O), final loss "
           f"{d['loss_per_epoch'][-1]:.4f}, held-out accuracy {d['holdout_accuracy']:.3f}, AUC {d['holdout_auc']:.3f}")

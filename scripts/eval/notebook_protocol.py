@@ -35,7 +35,6 @@ Exit status: 0 done, 1 an error (one line on stderr), 2 bad arguments.
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
@@ -43,8 +42,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import decode_overhead  # noqa: E402
-from elastickv import config, corpora, envvars, models, paths, ppl, results, tools  # noqa: E402
-from elastickv.progress import bar as progress_bar  # noqa: E402
+from elastickv import config, corpora, envvars, models, paths, ppl, results, startup, tools
+from elastickv.progress import bar as progress_bar
 
 DEFAULTS = {
     "artifact": "Table 21",
@@ -274,17 +273,14 @@ def markdown(agg: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_arguments(ap, "table21_notebook_protocol")
+    ap = startup.driver_parser(__doc__, "table21_notebook_protocol")
     ap.add_argument("--collect", action="store_true", help="write the aggregate from the finished runs, run nothing")
-    args = ap.parse_args(argv)
+    args = startup.parse_args(ap, argv)
     try:
         cfg = config.load(args.config, DEFAULTS, args.overrides)
         agg = run(cfg, force=args.force, collect=args.collect)
-    except (config.ConfigError, envvars.EnvError, models.ModelError, tools.ToolError, ppl.RecordMismatch,
-            results.ResultExists, corpora.CorpusError, FileNotFoundError, ValueError) as e:
-        print(f"notebook_protocol: {e}", file=sys.stderr)
-        return 1
+    except startup.driver_errors(corpora.CorpusError, ValueError) as e:
+        return startup.fail(__file__, e)
     print(markdown(agg))
     print(f"\nnotebook_protocol: {cfg['output']} written ({len(agg['data']['entries'])} rows, "
           f"{len(agg['data']['pending'])} pending)")

@@ -38,15 +38,14 @@ Exit status: 0 done, 1 an error (one line on stderr), 2 bad arguments.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import sys
 from dataclasses import asdict
 from pathlib import Path
 
-from elastickv import config, envvars, models, paths, ppl, results, tools  # noqa: E402
-from elastickv.progress import bar as progress_bar  # noqa: E402
+from elastickv import config, envvars, models, paths, ppl, results, startup
+from elastickv.progress import bar as progress_bar
 
 DEFAULTS = {
     "artifact": "Table 19",
@@ -315,18 +314,15 @@ def markdown(agg: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_arguments(ap, "table19_real_memory")
+    ap = startup.driver_parser(__doc__, "table19_real_memory")
     ap.add_argument("--collect", action="store_true",
                     help="run nothing: write the aggregate from the runs already finished (the others are pending)")
-    args = ap.parse_args(argv)
+    args = startup.parse_args(ap, argv)
     try:
         cfg = config.load(args.config, DEFAULTS, args.overrides)
         agg = run(cfg, force=args.force, collect_only=args.collect)
-    except (config.ConfigError, envvars.EnvError, models.ModelError, tools.ToolError, ppl.RecordMismatch,
-            results.ResultExists, FileNotFoundError, ValueError) as e:
-        print(f"real_memory: {e}", file=sys.stderr)
-        return 1
+    except startup.driver_errors(ValueError) as e:
+        return startup.fail(__file__, e)
     print(markdown(agg))
     pending = sum(len(p["pending"]) for p in agg["data"]["panels"])
     print(f"\nreal_memory: {cfg['output']} written ({len(agg['data']['entries'])} rows, {pending} runs pending)")

@@ -32,7 +32,6 @@ Exit status: 0 done, 1 an error (one line on stderr), 2 bad arguments.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -40,10 +39,11 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from elastickv import config, dump, envvars, logparse, models, paths, policies, pypi, results, routing, tools  # noqa: E402
-from elastickv import routing_suite  # noqa: E402
+from elastickv import (config, dump, envvars, logparse, models, paths, policies, pypi, results, routing,  # noqa: E402
+                       routing_suite, startup, tools)
 from elastickv.progress import bar as progress_bar  # noqa: E402
 import f5_niah  # noqa: E402  (tokenizer and log parsing shared with the NIAH grid)
 
@@ -188,21 +188,20 @@ def run_one(cfg: dict, tok: f5_niah.Tokenizer, item: dict, policy: str | None, k
     return rec
 
 
+#: routing metrics averaged per (policy, kept) over the runs that have them (routing.py; None where not measured)
+METRICS = ["ger", "ger_layer_max", "answer_eviction_fraction", "head_consensus", "element_ger_max", "element_ger_mean",
+           "kept_cells", "kept_entries_k"]
+
+
 def summarize(rows: list[dict]) -> list[dict]:
-    """Accuracy and mean routing metrics per (policy, kept)."""
-    groups: dict = {}
-    for r in rows:
-        groups.setdefault((r["policy"], r["kept"]), []).append(r)
+    """Accuracy (overall and per task) and the mean routing metrics per (policy, kept), in the order the pairs first
+    occur; a metric no run of the pair has is None."""
     out = []
-    for (policy, kept), rs in groups.items():
-        s = {"policy": policy, "kept": kept, "n": len(rs), "accuracy": float(np.mean([r["correct"] for r in rs])),
-             "by_task": {t: float(np.mean([r["correct"] for r in rs if r["task"] == t]))
-                         for t in sorted({r["task"] for r in rs})}}
-        for key in ("ger", "ger_layer_max", "answer_eviction_fraction", "head_consensus", "element_ger_max",
-                    "element_ger_mean", "kept_cells", "kept_entries_k"):
-            vals = [r[key] for r in rs if r.get(key) is not None]
-            s[key] = float(np.mean(vals)) if vals else None
-        out.append(s)
+    for (policy, kept), g in pd.DataFrame(rows).groupby(["policy", "kept"], sort=False):
+        means = g[METRICS].astype(float).mean()  # skips the runs without the metric (None)
+        out.append({"policy": policy, "kept": float(kept), "n": len(g), "accuracy": float(g["correct"].mean()),
+                    "by_task": g.groupby("task")["correct"].mean().astype(float).to_dict(),
+                    **{k: None if np.isnan(v) else float(v) for k, v in means.items()}})
     return out
 
 
@@ -256,16 +255,12 @@ def run(cfg: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_arguments(ap, "fig10_routing_sweep")
-    args = ap.parse_args(argv)
+    args = startup.parse_args(startup.driver_parser(__doc__, "fig10_routing_sweep"), argv)
     try:
         cfg = config.load(args.config, DEFAULTS, args.overrides)
         agg = run(cfg)
-    except (config.ConfigError, envvars.EnvError, models.ModelError, tools.ToolError, RoutingError,
-            f5_niah.NiahError, FileNotFoundError, ValueError) as e:
-        print(f"routing_sweep: {e}", file=sys.stderr)
-        return 1
+    except startup.driver_errors(RoutingError, f5_niah.NiahError, ValueError) as e:
+        return startup.fail(__file__, e)
     for s in agg["data"]["summary"]:
         ger = "—" if s["ger"] is None else f"{s['ger']:.2f}"
         eg = "—" if s["element_ger_max"] is None else f"{s['element_ger_max']:.2f}"

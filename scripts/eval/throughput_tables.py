@@ -15,14 +15,15 @@ interrupted run is restarted. Results made with other settings are refused witho
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
 from pathlib import Path
 
-from elastickv import config, envvars, models, paths, pypi, results, tools  # noqa: E402
-from elastickv.progress import bar as progress_bar  # noqa: E402
+import pandas as pd
+
+from elastickv import config, envvars, models, paths, pypi, results, startup, tools
+from elastickv.progress import bar as progress_bar
 
 DEFAULTS = {
     "artifact": "Table 6",
@@ -98,21 +99,22 @@ def ns_per_token(r: dict) -> float:
 
 
 def summarize(runs: list[dict], cfg: dict) -> list[dict]:
+    """Per measurement and variant: tokens/s (mean over rounds) and the overhead t_variant / t_off - 1 of each round
+    that measured both, in percent (mean, std, min, max)."""
+    df = pd.DataFrame({"kind": r["kind"], "size": r["size"], "round": r["round"], "variant": r["variant"],
+                       "ns": ns_per_token(r)} for r in runs)
     out = []
     for kind, size in measurements(cfg):
-        per_round: dict[int, dict[str, float]] = {}
-        for r in runs:
-            if r["kind"] == kind and r["size"] == size:
-                per_round.setdefault(r["round"], {})[r["variant"]] = ns_per_token(r)
+        # time per token, a row per round and a column per variant
+        t = df[(df["kind"] == kind) & (df["size"] == size)].pivot(index="round", columns="variant", values="ns")
         for v in cfg["variants"]:
             name = v["name"]
-            t = [x[name] for x in per_round.values() if name in x]
-            over = [x[name] / x["off"] - 1.0 for x in per_round.values() if name in x and "off" in x]
+            over = (t[name] / t["off"] - 1.0).dropna().tolist()
             out.append({
                 "kind": kind, "size": size, "variant": name, "hook": v.get("hook", True),
                 "mode": v.get("mode") if v.get("hook", True) else None,
                 "evict_every": v.get("evict_every") if v.get("hook", True) else None,
-                "tokens_per_s": statistics.fmean(1e9 / x for x in t),
+                "tokens_per_s": statistics.fmean(1e9 / x for x in t[name].dropna()),
                 "overhead_pct": {"mean": 100 * statistics.fmean(over),
                                  "std": 100 * statistics.stdev(over) if len(over) > 1 else None,
                                  "min": 100 * min(over), "max": 100 * max(over), "rounds": len(over)},
@@ -149,17 +151,13 @@ def run(cfg: dict, force: bool = False) -> dict:
     return agg
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    config.add_arguments(ap, "table6_throughput")
-    args = ap.parse_args()
+def main(argv: list[str] | None = None) -> int:
+    args = startup.parse_args(startup.driver_parser(__doc__, "table6_throughput"), argv)
     try:
         cfg = config.load(args.config, DEFAULTS, args.overrides)
         agg = run(cfg, force=args.force)
-    except (config.ConfigError, envvars.EnvError, models.ModelError, pypi.FetchError, tools.ToolError,
-            results.ResultExists) as e:
-        print(f"throughput: {e}", file=sys.stderr)
-        return 1
+    except startup.driver_errors(pypi.FetchError) as e:
+        return startup.fail(__file__, e)
     print("| measurement | variant | tokens/s | overhead % (mean ± std, min..max) |\n|---|---|---|---|")
     for r in agg["data"]["rows"]:
         o = r["overhead_pct"]

@@ -24,7 +24,6 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
 from matplotlib import image
 
 ROOT = Path(__file__).resolve().parents[2]

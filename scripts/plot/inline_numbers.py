@@ -8,6 +8,7 @@ import argparse
 import sys
 
 import textable as tt
+from elastickv import frame
 
 
 def better(a: float, b: float) -> str:
@@ -16,36 +17,34 @@ def better(a: float, b: float) -> str:
 
 def main() -> None:
     agg = tt.load("results_all.json")
-    E = agg["data"]["entries"]
+    df = frame.entries(agg)
+    models = df["model"].unique()  # first-appearance order
+    # KLD and top-1 agreement per model and row
+    kld = df.pivot_table(index="model", columns="row", values="kld", sort=False).loc[models]
+    top = df.pivot_table(index="model", columns="row", values="same_top_p_pct", sort=False).loc[models]
     nums = {}
-    models = list(dict.fromkeys(e["model"] for e in E))
-    for m in models:
-        sweet, q8, q4 = (tt.entry(E, model=m, row=r) for r in ("sweet", "q8_0", "q4_0"))
+    for m, r in kld.iterrows():
         k = tt.macro_name(f"In{m}")
-        nums[k + "SweetOverQeightKld"] = tt.num(sweet["kld"]["value"] / q8["kld"]["value"], 1) + r"$\times$"
-        nums[k + "SweetOverQfourKld"] = tt.num(sweet["kld"]["value"] / q4["kld"]["value"], 2) + r"$\times$"
-        nums[k + "SweetVsQeight"] = better(sweet["kld"]["value"], q8["kld"]["value"])
-        nums[k + "SweetVsQfour"] = better(sweet["kld"]["value"], q4["kld"]["value"])
-        nums[k + "SweetTopVsQeight"] = "higher" if sweet["same_top_p_pct"]["value"] > q8["same_top_p_pct"]["value"] else "lower"
-    sweet_all = [e for e in E if e["row"] == "sweet"]
-    nums["InSweetNominalMin"] = tt.num(min(e["nominal"] for e in sweet_all)) + r"$\times$"
-    nums["InSweetNominalMax"] = tt.num(max(e["nominal"] for e in sweet_all)) + r"$\times$"
-    nums["InSweetBitmapMax"] = tt.num(max(e["bitmap"] for e in sweet_all)) + r"$\times$"
-    nums["InSweetKldMin"] = tt.num(min(e["kld"]["value"] for e in sweet_all), 4)
-    nums["InSweetKldMax"] = tt.num(max(e["kld"]["value"] for e in sweet_all), 4)
-    q8_all = [e for e in E if e["row"] == "q8_0"]
-    q4_all = [e for e in E if e["row"] == "q4_0"]
-    nums["InQeightResident"] = tt.num(q8_all[0]["resident"]) + r"$\times$"
-    nums["InQfourResident"] = tt.num(q4_all[0]["resident"]) + r"$\times$"
-    nums["InQeightKldMax"] = tt.num(max(e["kld"]["value"] for e in q8_all), 4)
+        nums[k + "SweetOverQeightKld"] = tt.num(r["sweet"] / r["q8_0"], 1) + r"$\times$"
+        nums[k + "SweetOverQfourKld"] = tt.num(r["sweet"] / r["q4_0"], 2) + r"$\times$"
+        nums[k + "SweetVsQeight"] = better(r["sweet"], r["q8_0"])
+        nums[k + "SweetVsQfour"] = better(r["sweet"], r["q4_0"])
+        nums[k + "SweetTopVsQeight"] = "higher" if top.at[m, "sweet"] > top.at[m, "q8_0"] else "lower"
+    sweet, q8, q4 = (df[df["row"] == r] for r in ("sweet", "q8_0", "q4_0"))
+    nums["InSweetNominalMin"] = tt.num(sweet["nominal"].min()) + r"$\times$"
+    nums["InSweetNominalMax"] = tt.num(sweet["nominal"].max()) + r"$\times$"
+    nums["InSweetBitmapMax"] = tt.num(sweet["bitmap"].max()) + r"$\times$"
+    nums["InSweetKldMin"] = tt.num(sweet["kld"].min(), 4)
+    nums["InSweetKldMax"] = tt.num(sweet["kld"].max(), 4)
+    nums["InQeightResident"] = tt.num(q8["resident"].iloc[0]) + r"$\times$"
+    nums["InQfourResident"] = tt.num(q4["resident"].iloc[0]) + r"$\times$"
+    nums["InQeightKldMax"] = tt.num(q8["kld"].max(), 4)
     nums["InNumModels"] = str(len(models))
     nums["InCommit"] = tt.esc(agg["git"]["commit"][:10])
     nums["InUpstream"] = tt.esc(agg["upstream"]["commit"])
     nums["InDevice"] = tt.esc(agg["device"]["gpu"] or agg["device"]["cpu"])
-    all_sweet_worse_than_q8 = all(tt.entry(E, model=m, row="sweet")["kld"]["value"] >
-                                  tt.entry(E, model=m, row="q8_0")["kld"]["value"] for m in models)
     nums["InSweetVsQeightAll"] = ("on every model, ElasticKV's sweet preset disturbs the next-token distribution "
-                                  "more than llama.cpp's q8\\_0 cache") if all_sweet_worse_than_q8 else \
+                                  "more than llama.cpp's q8\\_0 cache") if (kld["sweet"] > kld["q8_0"]).all() else \
         ("the comparison with llama.cpp's q8\\_0 cache depends on the model (see Table~\\ref{tab:ppl})")
     # decode speed with the physical cap against without (scripts/bench/decode_overhead.py --cap)
     cap = tt.load("bench/cap_speed_cpu.json")

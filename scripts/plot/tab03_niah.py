@@ -5,17 +5,14 @@ baseline and ElasticKV on the same prompts. Reads results/niah/<model>.json (scr
 -> paper/generated/tab03_niah.tex and the sentence \\NumTThreeSentence."""
 
 import argparse
-import json
 import sys
 
 import textable as tt
+from elastickv import frame
 
 
 def main() -> None:
-    aggs = [json.loads(p.read_text()) for p in sorted((tt.ROOT / "results" / "niah").glob("*.json"))]
-    aggs = [a for a in aggs if a.get("kind") == "aggregate"]
-    if not aggs:
-        raise tt.MissingResult("results/niah/<model>.json is missing; run scripts/eval/f5_niah.py")
+    aggs = tt.niah_aggregates("niah", "scripts/eval/f5_niah.py")
     rows, parts, nums = [], [], {}
     lengths = sorted({L for a in aggs for L in a["data"]["lengths"]})
     for a in aggs:
@@ -28,14 +25,15 @@ def main() -> None:
                         [f"{s['correct']}/{s['total']}"])
             nums[tt.macro_name(f"TThree{d['model']}{row}")] = f"{s['correct']}/{s['total']}"
         base, ekv = (d["scores"][r] for r in d["rows"][:2])
-        cells = [c for c in d["cells"] if c["row"] == d["rows"][1]]
-        differ = sum(1 for c in cells for b in d["cells"]
-                     if b["row"] == d["rows"][0] and (b["length"], b["depth"]) == (c["length"], c["depth"])
-                     and b["correct"] != c["correct"])
-        thresholded = sum(1 for c in cells if c.get("needle_thresholded_before_answer"))
+        cells = frame.entries(d["cells"])
+        hooked = cells[cells["row"] == d["rows"][1]]
+        # the baseline's and ElasticKV's cell at the same length and depth side by side
+        pair = cells[cells["row"] == d["rows"][0]].merge(hooked, on=["length", "depth"], suffixes=("", "_ekv"))
+        differ = (pair["correct"] != pair["correct_ekv"]).sum()
+        thresholded = hooked["needle_thresholded_before_answer"].eq(True).sum()
         parts.append(f"On {tt.esc(d['model'])} the baseline finds {base['correct']} of {base['total']} needles and "
                      f"ElasticKV (sweet) {ekv['correct']} of {ekv['total']}; the two differ on {differ} cells. In "
-                     f"{thresholded} of the {len(cells)} ElasticKV cells the needle lay outside the sink region and "
+                     f"{thresholded} of the {len(hooked)} ElasticKV cells the needle lay outside the sink region and "
                      "had been thresholded before the first answer token (every pass is checked in the records).")
     table = tt.tabular("ll" + "r" * (len(lengths) + 1), ["model", "row", *[f"{L} tok." for L in lengths], "total"], rows)
     nums["TThreeSentence"] = (" ".join(parts) + " The original release reports 45/45 for ElasticKV; this grid "

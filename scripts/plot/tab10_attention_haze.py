@@ -15,7 +15,9 @@ Reads results/attention_entropy_results.json (scripts/analysis/simulate_attentio
 import argparse
 import sys
 
+import pandas as pd
 import textable as tt
+from elastickv import frame
 
 RESULT = "attention_entropy_results.json"
 SWEEP_SHOWN = (0.5, 1.0)  # swept scale points shown beside dense and the presets (if present in the result)
@@ -44,13 +46,23 @@ def direction(x: float) -> str:
     return "raises" if x > 0 else ("lowers" if x < 0 else "leaves unchanged")
 
 
-def shown_points(d: dict, presets: set[str]) -> list[dict]:
-    pts = d["points"]
-    dense = [p for p in pts if p["scale_k"] == 0 and p["scale_v"] == 0 and p["label"] not in presets][:1]
-    pre = [p for p in pts if p["label"] in presets]
-    sweep = [p for p in pts if p["label"] not in presets and (p["scale_k"], p["scale_v"]) in
-             {(s, s) for s in SWEEP_SHOWN}]
-    return dense + pre + sorted(sweep, key=lambda p: p["scale_k"])
+def shown_points(d: dict, presets: set[str]) -> pd.DataFrame:
+    """The model's points in the table: dense, the presets, then the swept scales of SWEEP_SHOWN (by scale)."""
+    pts = frame.entries(d["points"])
+    pre = pts["label"].isin(presets)
+    dense = pts[~pre & (pts["scale_k"] == 0) & (pts["scale_v"] == 0)].head(1)
+    sweep = pts[~pre & pts["scale_k"].isin(SWEEP_SHOWN) & (pts["scale_v"] == pts["scale_k"])]
+    return pd.concat([dense, pts[pre], sweep.sort_values("scale_k", kind="stable")])
+
+
+def paired(d: dict) -> pd.DataFrame:
+    """The model's points other than dense, one row each: label, scale_k, and the mean entropy change and output
+    error of ElasticKV (dh, err) and of random zeroing (rand_dh, rand_err) at that point."""
+    e, r = "elastickv", "random"
+    return pd.DataFrame([{"label": p["label"], "scale_k": p["scale_k"],
+                          "dh": p[e]["entropy_delta"]["mean"], "rand_dh": p[r]["entropy_delta"]["mean"],
+                          "err": p[e]["out_rel_err"]["mean"], "rand_err": p[r]["out_rel_err"]["mean"]}
+                         for p in d["points"] if not (p["scale_k"] == 0 and p["scale_v"] == 0)])
 
 
 def main() -> None:
@@ -65,7 +77,7 @@ def main() -> None:
         if mi:
             rules.add(len(rows))
         rows.append(model_row(model, NCOLS))
-        for p in shown_points(d, presets):
+        for _, p in shown_points(d, presets).iterrows():
             is_dense = p["scale_k"] == 0 and p["scale_v"] == 0
             point = "dense" if is_dense else (
                 f"{tt.esc(p['label'])} {p['scale_k']:.2f}/{p['scale_v']:.2f}" if p["label"] in presets
@@ -88,11 +100,10 @@ def main() -> None:
     for model, d in models.items():
         k = tt.macro_name(f"TTen{model}")
         m = tt.esc(model)
-        nz = [p for p in d["points"] if not (p["scale_k"] == 0 and p["scale_v"] == 0)]
-        all_pos &= all(p["elastickv"]["entropy_delta"]["mean"] > 0 for p in nz)
-        ekv_err_lower_everywhere &= all(p["elastickv"]["out_rel_err"]["mean"] < p["random"]["out_rel_err"]["mean"]
-                                        for p in nz)
-        sweep = sorted((p for p in nz if p["label"] not in presets), key=lambda p: p["scale_k"])
+        nz = paired(d)
+        all_pos &= (nz["dh"] > 0).all()
+        ekv_err_lower_everywhere &= (nz["err"] < nz["rand_err"]).all()
+        sweep = nz[~nz["label"].isin(presets)].sort_values("scale_k", kind="stable")
         sweet = next((p for p in d["points"] if p["label"] == "sweet"), None)
         if sweet:
             e, r = sweet["elastickv"], sweet["random"]
@@ -113,18 +124,18 @@ def main() -> None:
             rnd_parts.append(f"on {m} its mean entropy change is {rel} ({nums[k + 'SweetDH']} against "
                              f"{nums[k + 'SweetRandDH']} nats) and its output error {err} ({nums[k + 'SweetErr']} "
                              f"against {nums[k + 'SweetRandErr']})")
-        if sweep:
-            top = sweep[-1]
+        if len(sweep):
+            top = sweep.iloc[-1]
             top_scale = f"{top['scale_k']:.2f}"
             nums[k + "TopScale"] = top_scale
-            nums[k + "TopScaleDH"] = signed(top["elastickv"]["entropy_delta"]["mean"])
+            nums[k + "TopScaleDH"] = signed(top["dh"])
             scale_parts.append(f"{nums[k + 'TopScaleDH']} nats on {m}")
             if sweet:
-                more_at_top &= top["elastickv"]["entropy_delta"]["mean"] > sweet["elastickv"]["entropy_delta"]["mean"]
-        worse = [p for p in sweep if p["elastickv"]["entropy_delta"]["mean"] > p["random"]["entropy_delta"]["mean"]]
-        if worse:
-            nums[k + "EkvAboveRandFrom"] = f"{worse[0]['scale_k']:.2f}"
-            sc = [f"{p['scale_k']:.2f}" for p in worse]
+                more_at_top &= top["dh"] > sweet["elastickv"]["entropy_delta"]["mean"]
+        worse = sweep[sweep["dh"] > sweep["rand_dh"]]
+        if len(worse):
+            sc = [f"{x:.2f}" for x in worse["scale_k"]]
+            nums[k + "EkvAboveRandFrom"] = sc[0]
             worse_parts.append(f"on {m} at scale{'s' if len(sc) > 1 else ''} "
                                f"{', '.join(sc[:-1]) + ' and ' + sc[-1] if len(sc) > 1 else sc[0]}")
 

@@ -17,6 +17,7 @@ import argparse
 import math
 import sys
 
+import pandas as pd
 import textable as tt
 
 RESULT = "ablation_random_vs_ekv_results.json"
@@ -52,6 +53,13 @@ def listing(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
+def ratios(models: dict) -> pd.DataFrame:
+    """The damage ratios, one row per model, preset and damage measure (in DAMAGES order): model, preset, damage
+    and the ratio's fields (geomean, ci_low, ci_high, pooled, min, max, ...)."""
+    return pd.DataFrame([{"model": model, "preset": name, "damage": key, **pre["ratio"][key]}
+                         for model, md in models.items() for name, pre in md["presets"].items() for key, _ in DAMAGES])
+
+
 def main() -> None:
     agg = tt.load(RESULT)
     cfg = agg["config"]
@@ -61,12 +69,12 @@ def main() -> None:
         if mi:
             rules.add(len(rows))
         rows.append(model_row(model, NCOLS))
-        for pname, pd in md["presets"].items():
+        for pname, pre in md["presets"].items():
             first_preset = True
-            sp = pd["sparsity_region"]
+            sp = pre["sparsity_region"]
             for key, label in DAMAGES:
-                dmg, r = pd["damage"][key], pd["ratio"][key]
-                rows.append([f"{tt.esc(pname)} {pd['scale_k']:.2f}/{pd['scale_v']:.2f}" if first_preset else "",
+                dmg, r = pre["damage"][key], pre["ratio"][key]
+                rows.append([f"{tt.esc(pname)} {pre['scale_k']:.2f}/{pre['scale_v']:.2f}" if first_preset else "",
                              f"{100 * sp['k']['mean']:.1f}/{100 * sp['v']['mean']:.1f}" if first_preset else "",
                              label, tt.num(dmg["elastickv"]["mean"], 4), tt.num(dmg["random"]["mean"], 4),
                              times(r["geomean"]), f"[{ratio(r['ci_low'])}, {ratio(r['ci_high'])}]",
@@ -77,25 +85,21 @@ def main() -> None:
     table = tt.tabular("lrl" + "r" * (NCOLS - 3), header, rows, rules)
 
     # inline numbers and the sentence
-    sweet_parts, sweet_ratios, lowest = [], [], []
-    for model, md in models.items():
-        pd = md["presets"].get("sweet")
-        if not pd:
-            continue
+    rs = ratios(models)
+    sweet = rs[rs["preset"] == "sweet"]
+    sweet_parts, lowest = [], []
+    for model, g in sweet.groupby("model", sort=False):
         k = tt.macro_name(f"TEleven{model}Sweet")
         vals = []
-        for key, _ in DAMAGES:
-            r = pd["ratio"][key]
-            name = tt.macro_name(key.replace("_", " ").title())
+        for _, r in g.iterrows():
+            name = tt.macro_name(r["damage"].replace("_", " ").title())
             nums[k + name] = times(r["geomean"])
             nums[k + name + "Lo"] = ratio(r["ci_low"])
             nums[k + name + "Hi"] = ratio(r["ci_high"])
-            sweet_ratios.append(r["geomean"])
-            vals.append(f"{nums[k + name]} ({SENTENCE_NAMES[key]})" if not sweet_parts else nums[k + name])
-        low_key = min((key for key, _ in DAMAGES), key=lambda kk: pd["ratio"][kk]["geomean"])
-        lowest.append(low_key)
-        worst_unit = pd["ratio"][low_key]["min"]
-        nums[k + "LowestUnitMin"] = times(worst_unit)
+            vals.append(f"{nums[k + name]} ({SENTENCE_NAMES[r['damage']]})" if not sweet_parts else nums[k + name])
+        low = g.loc[g["geomean"].idxmin()]  # the measure ElasticKV beats random by the least
+        lowest.append(low["damage"])
+        nums[k + "LowestUnitMin"] = times(low["min"])
         sweet_parts.append(f"{listing(vals)} on {tt.esc(model)}")
     seeds = cfg["seeds"]
     bs = cfg["bootstrap"]
@@ -114,14 +118,14 @@ def main() -> None:
          f"independent, so the CI understates the uncertainty), the pooled ratio (sum of random damage over sum of "
          f"ElasticKV damage) and the range over units. ")
     if sweet_parts:
-        lo, hi = min(sweet_ratios), max(sweet_ratios)
+        lo, hi = sweet["geomean"].min(), sweet["geomean"].max()
         nums["TElevenSweetMin"], nums["TElevenSweetMax"] = times(lo), times(hi)
         nums["TElevenClaimOverMax"] = f"{CLAIMED_RATIO / hi:.0f}"
         nums["TElevenClaimOverMin"] = f"{CLAIMED_RATIO / lo:.0f}"
         s += f"At the sweet preset the geometric-mean ratios are {'; '.join(sweet_parts)}"
         if len(set(lowest)) == 1:
-            mins = [f"{nums[tt.macro_name(f'TEleven{m}Sweet') + 'LowestUnitMin']} ({tt.esc(m)})" for m in models
-                    if "sweet" in models[m]["presets"]]
+            mins = [f"{nums[tt.macro_name(f'TEleven{m}Sweet') + 'LowestUnitMin']} ({tt.esc(m)})"
+                    for m in sweet["model"].unique()]
             s += (f", smallest for the {SENTENCE_NAMES[lowest[0]]}, where the ratio of a single layer and head goes "
                   f"down to {listing(mins)}")
         claim = f"{CLAIMED_RATIO:,}".replace(",", "{,}") + "$\\times$"
@@ -134,8 +138,7 @@ def main() -> None:
             s += (f"the measured sweet-preset ratios lie between {nums['TElevenSweetMin']} and "
                   f"{nums['TElevenSweetMax']}")
         if lo > 1:
-            every_unit = all(pd["ratio"][key]["min"] > 1 for md in models.values() for pd in md["presets"].values()
-                             for key, _ in DAMAGES)
+            every_unit = (rs["min"] > 1).all()
             s += (": ElasticKV damages every measure less than random zeroing of as many entries"
                   + (" (on every layer and head, in every preset)" if every_unit else " (in the geometric mean)")
                   + (f", by the factors above and not by {claim}." if hi < CLAIMED_RATIO else "."))

@@ -7,14 +7,14 @@ import argparse
 import sys
 
 import textable as tt
+from elastickv import frame
 
 
 def main() -> None:
     agg = tt.load("ppl/paired_chunks.json")
     rows, nums = [], {}
-    for r in agg["data"]["rows"]:
-        if r["table"] not in ("Table 2", "Table 5"):
-            continue
+    df = frame.entries(agg, key="rows")
+    for r in df[df["table"].isin(["Table 2", "Table 5"])].to_dict("records"):
         ci = r["ci95_normal_pct"]
         rows.append([tt.esc(r["table"]), tt.esc(r["model"]), tt.esc(r["row"]), str(r["chunks"]),
                      tt.num(r["delta_ppl_pct"], 2, sign=True) + r"\%",

@@ -15,6 +15,7 @@ Reads results/f2_spr_real_kv_results.json (scripts/analysis/f2_spr_real_kv.py)
 import argparse
 import sys
 
+import pandas as pd
 import textable as tt
 
 RESULT = "f2_spr_real_kv_results.json"
@@ -61,18 +62,16 @@ def main() -> None:
     header = ["", "state", "SPR", "kurt.", "Gini", f"top-{top_pct}\\% E", "zero", f"nnz/{cfg['block']}"]
     table = tt.tabular("ll" + "r" * (NCOLS - 2), header, rows, rules)
 
-    # inline numbers and the sentence
-    n_cases = n_up = n_rand_more = 0
+    # inline numbers and the sentence; the change of each raised metric per model and tensor, paired
+    deltas = pd.DataFrame([{"after": td["delta_after"][key]["mean"], "random": td["delta_random"][key]["mean"]}
+                           for md in models.values() for td in md["tensors"].values() for key, _ in RAISED],
+                          columns=["after", "random"])
+    n_cases, n_up, n_rand_more = len(deltas), (deltas["after"] > 0).sum(), (deltas["random"] > deltas["after"]).sum()
     mism = []
     spr_parts = []
     for model, md in models.items():
         k = tt.macro_name(f"TThirteen{model}")
         for t, td in md["tensors"].items():
-            for key, _ in RAISED:
-                da, dr = td["delta_after"][key]["mean"], td["delta_random"][key]["mean"]
-                n_cases += 1
-                n_up += da > 0
-                n_rand_more += dr > da
             kt = k + t.upper()
             nums[kt + "SprBefore"] = tt.num(td["before"]["spr"]["mean"], 2)
             nums[kt + "SprAfter"] = tt.num(td["after"]["spr"]["mean"], 2)
@@ -101,8 +100,8 @@ def main() -> None:
         s += (f"ElasticKV raises {metric_names} in {n_up} of {n_cases} model, tensor and metric cases; SPR goes from "
               f"{'; '.join(spr_parts)}")
     if n_rand_more == n_cases:
-        s += (f", and random zeroing of as many entries raises all four more than ElasticKV in every model and "
-              f"tensor. ")
+        s += (", and random zeroing of as many entries raises all four more than ElasticKV in every model and "
+              "tensor. ")
     else:
         s += (f"; random zeroing of as many entries raises them more than ElasticKV in {n_rand_more} of {n_cases} "
               f"cases. ")

@@ -7,14 +7,15 @@ import argparse
 import sys
 
 import textable as tt
+from elastickv import frame
 
 
 def main() -> None:
-    agg = tt.load("f7_compression_proof.json")
+    df = frame.entries(tt.load("f7_compression_proof.json"), key="rows")
     rows = [[tt.esc(r["model"]), str(r["ctx"]), tt.esc(r["row"]), tt.esc(r["cache"]), tt.num(r["nominal"]) + r"$\times$",
              tt.num(r["bitmap"]) + r"$\times$", tt.num(r["resident"]) + r"$\times$", tt.num(r["bits_per_value_resident"], 2),
              tt.num(r["bits_per_value_bitmap"], 2), tt.num(r["kld"], 4)]
-            for r in agg["data"]["rows"] if r["table"] == "Table 2" and r["row"] != "baseline"]
+            for r in df[(df["table"] == "Table 2") & (df["row"] != "baseline")].to_dict("records")]
     table = tt.tabular("llllrrrrrr", ["model", "$c$", "row", "cache", "nominal", "bitmap", "resident",
                                       "bits/value (real)", "bits/value (bitmap)", "KLD"], rows)
     tt.write("tab14_compression", table, {}, "scripts/plot/tab14_compression.py")

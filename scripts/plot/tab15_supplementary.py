@@ -18,6 +18,7 @@ results/supplementary/eviction_replay.json (scripts/analysis/eviction_replay.py)
 import argparse
 import sys
 
+import pandas as pd
 import textable as tt
 
 BANDS = "supplementary/tau_band_energy.json"
@@ -97,26 +98,26 @@ def main() -> None:
             nums[k + t + "ZeroLtwo"] = pct(td["zeroed"]["l2"]["pooled"]) + "\\%"
         zero_parts.append(f"{nums[k + 'KZeroEntries']} of K and {nums[k + 'VZeroEntries']} of V entries but "
                           f"{nums[k + 'KZeroLtwo']} and {nums[k + 'VZeroLtwo']} of their L2 energy on {tt.esc(model)}")
-    evict_parts, err_parts, lower_all, higher_all, min_factor = [], [], True, True, float("inf")
-    for model, md in ev["data"]["models"].items():
+    # the replay per model and method: pooled K and V energy removed and output error, each beside ElasticKV's
+    rep = pd.DataFrame([{"model": model, "method": n, "k": m["pooled_energy_k"], "v": m["pooled_energy_v"],
+                         "err": m["attn_out"]["mean"]} for model, md in ev["data"]["models"].items()
+                        for n, m in md["methods"].items()])
+    ekv = rep[rep["method"] == "elastickv"].set_index("model")
+    others = rep[rep["method"] != "elastickv"].join(ekv, on="model", rsuffix="_ekv")
+    min_factor = min((others["k"] / others["k_ekv"]).min(), (others["v"] / others["v_ekv"]).min())
+    lower_all, higher_all = (others["err"] < others["err_ekv"]).all(), (others["err"] > others["err_ekv"]).all()
+    evict_parts, err_parts = [], []
+    for model, g in others.groupby("model", sort=False):
         k = tt.macro_name(f"TFifteen{model}")
-        me = md["methods"]
-        ekv = me["elastickv"]
-        others = {n: m for n, m in me.items() if n != "elastickv"}
-        ek = [m["pooled_energy_k"] for m in others.values()]
-        nums[k + "EvictKMin"], nums[k + "EvictKMax"] = pct(min(ek)) + "\\%", pct(max(ek)) + "\\%"
-        nums[k + "EkvErr"] = f"{ekv['attn_out']['mean']:.3f}"
-        nums[k + "EkvK"] = pct(ekv["pooled_energy_k"]) + "\\%"
-        min_factor = min(min_factor, min(ek) / ekv["pooled_energy_k"],
-                         min(m["pooled_energy_v"] for m in others.values()) / ekv["pooled_energy_v"])
+        nums[k + "EvictKMin"], nums[k + "EvictKMax"] = pct(g["k"].min()) + "\\%", pct(g["k"].max()) + "\\%"
+        nums[k + "EkvErr"] = f"{ekv.loc[model, 'err']:.3f}"
+        nums[k + "EkvK"] = pct(ekv.loc[model, "k"]) + "\\%"
         evict_parts.append(f"{nums[k + 'EvictKMin']}--{nums[k + 'EvictKMax']} of the K energy against "
                            f"{nums[k + 'EkvK']} on {tt.esc(model)}")
         errs = []
-        for n, m in others.items():
-            nums[k + tt.macro_name(METHOD_NAMES.get(n, n)) + "Err"] = f"{m['attn_out']['mean']:.3f}"
-            errs.append(f"{METHOD_NAMES.get(n, tt.esc(n))} {m['attn_out']['mean']:.3f}")
-            lower_all &= m["attn_out"]["mean"] < ekv["attn_out"]["mean"]
-            higher_all &= m["attn_out"]["mean"] > ekv["attn_out"]["mean"]
+        for n, err in zip(g["method"], g["err"]):
+            nums[k + tt.macro_name(METHOD_NAMES.get(n, n)) + "Err"] = f"{err:.3f}"
+            errs.append(f"{METHOD_NAMES.get(n, tt.esc(n))} {err:.3f}")
         err_parts.append(f"{listing(errs)} against ElasticKV's {nums[k + 'EkvErr']} on {tt.esc(model)}")
     more = "far more" if min_factor >= 10 else ("more" if min_factor > 1 else "not always more")
     nums["TFifteenEvictOverEkvMin"] = f"{min_factor:.0f}"

@@ -10,7 +10,9 @@ Reads results/head_to_head.json (scripts/eval/head_to_head.py)
 import argparse
 import sys
 
+import pandas as pd
 import textable as tt
+from elastickv import frame
 
 RESULT = "head_to_head.json"
 MATCH = 0.03  # kept fractions closer than this count as matched
@@ -19,67 +21,65 @@ MATCH = 0.03  # kept fractions closer than this count as matched
 def main() -> None:
     agg = tt.load(RESULT)
     cfg = agg["config"]
-    entries = agg["data"]["entries"]
-    models = list(dict.fromkeys(e["model"] for e in entries))
-    kept_levels = sorted({e["target_kept"] for e in entries}, reverse=True)
+    df = frame.entries(agg)
+    models = list(dict.fromkeys(df["model"]))
+    kept_levels = sorted(set(df["target_kept"]), reverse=True)
     order = ["elastickv"] + [p for p in cfg["policies"]]
+    # one line per (model, policy), a column per metric and kept level (NaN: no run)
+    wide = df.pivot(index=["model", "policy"], columns="target_kept", values=["kld", "kept", "ppl_delta_pct"])
     rows, rules, nums = [], set(), {}
     for mi, model in enumerate(models):
         if mi:
             rules.add(len(rows))
         for p in order:
-            es = {e["target_kept"]: e for e in entries if e["model"] == model and e["policy"] == p}
-            if not es:
+            if (model, p) not in wide.index:
                 continue
-            cells = []
-            for k in kept_levels:
-                e = es.get(k)
-                cells.append("--" if e is None else f"{e['kld']['value']:.3f} ({100 * e['kept']:.0f})")
-            for k in kept_levels:
-                e = es.get(k)
-                cells.append("--" if e is None else tt.num(e["ppl_delta_pct"], 1, sign=True))
+            r = wide.loc[(model, p)]
+            cells = ["--" if pd.isna(r["kld", k]) else f"{r['kld', k]:.3f} ({100 * r['kept', k]:.0f})"
+                     for k in kept_levels]
+            cells += [tt.num(r["ppl_delta_pct", k], 1, sign=True) for k in kept_levels]
             rows.append([tt.esc(model) if p == "elastickv" else "", tt.POLICY_LABELS.get(p, tt.esc(p))] + cells)
     header = (["model", "policy"] + [f"KLD @{100 * k:.0f}\\%" for k in kept_levels]
               + [f"$\\Delta$PPL\\% @{100 * k:.0f}\\%" for k in kept_levels])
     table = tt.tabular("ll" + "r" * (2 * len(kept_levels)), header, rows, rules)
 
-    # who is best at each level (lowest KLD), per model
+    # who is best at each level (lowest KLD; the first such run on a tie), per model
+    best = df.loc[df.groupby(["model", "target_kept"])["kld"].idxmin()].set_index(["model", "target_kept"])
+    ekv = df[df["policy"] == "elastickv"]
     parts = []
     for model in models:
         for k in kept_levels:
-            es = [e for e in entries if e["model"] == model and e["target_kept"] == k]
-            best = min(es, key=lambda e: e["kld"]["value"])
+            b = best.loc[(model, k)]
             key = tt.macro_name(f"TSixteen{model}Best{round(100 * k)}")
-            nums[key] = tt.POLICY_LABELS.get(best["policy"], best["policy"])
-            nums[key + "Kld"] = f"{best['kld']['value']:.3f}"
+            nums[key] = tt.POLICY_LABELS.get(b["policy"], b["policy"])
+            nums[key + "Kld"] = f"{b['kld']:.3f}"
             parts.append((f"{tt.esc(model)} " if len(models) > 1 else "")
                          + f"{100 * k:.0f}\\,\\%: {nums[key]} (KLD {nums[key + 'Kld']})")
-        ekv = {e["target_kept"]: e for e in entries if e["model"] == model and e["policy"] == "elastickv"}
-        for k, e in ekv.items():
-            nums[tt.macro_name(f"TSixteen{model}EkvKept{round(100 * k)}")] = f"{100 * e['kept']:.0f}"
+        for k, kept in ekv.loc[ekv["model"] == model, ["target_kept", "kept"]].itertuples(index=False):
+            nums[tt.macro_name(f"TSixteen{model}EkvKept{round(100 * k)}")] = f"{100 * kept:.0f}"
     # ElasticKV against the other element methods, level by level (measured KLD)
     compare = []
     for model in models:
-        ekv = {e["target_kept"]: e for e in entries if e["model"] == model and e["policy"] == "elastickv"}
         for other in ("topk_entries", "random_entries"):
-            oth = {e["target_kept"]: e for e in entries if e["model"] == model and e["policy"] == other}
+            oth = df[(df["model"] == model) & (df["policy"] == other)]
+            pair = ekv[ekv["model"] == model].merge(oth, on="target_kept", suffixes=("", "_other"))
             # only levels where both really kept the same fraction (within MATCH): ElasticKV's scales miss
-            common = sorted(k for k in set(ekv) & set(oth) if abs(ekv[k]["kept"] - oth[k]["kept"]) <= MATCH)
-            if not common:
+            pair = pair[(pair["kept"] - pair["kept_other"]).abs() <= MATCH]
+            if pair.empty:
                 continue
-            lower = sum(ekv[k]["kld"]["value"] < oth[k]["kld"]["value"] for k in common)
+            lower = (pair["kld"] < pair["kld_other"]).sum()
             key = tt.macro_name(f"TSixteen{model}EkvBelow{other}")
-            nums[key] = f"{lower} of {len(common)}"
+            nums[key] = f"{lower} of {len(pair)}"
             compare.append((f"on {tt.esc(model)} " if len(models) > 1 else "")
                            + f"than {tt.POLICY_LABELS[other]} at {nums[key]} of the levels where both kept the same "
                            f"fraction within {100 * MATCH:.0f} points"
-                           + (f" (random entries: KLD $\\ge$ {min(e['kld']['value'] for e in oth.values()):.2f} at every level)"
+                           + (f" (random entries: KLD $\\ge$ {oth['kld'].min():.2f} at every level)"
                               if other == "random_entries" else ""))
     base = agg["data"]["baselines"]
     chunks = "; ".join(f"{tt.esc(m)}: {cfg['chunks'][m]} chunk{'s' if cfg['chunks'][m] > 1 else ''}, baseline PPL "
                        f"{base[m]['ppl']['value']:.3f}" for m in models)
     per_model = len(models) > 1
-    resident = {round(e["resident"], 2) for e in entries}  # measured from each run's KV buffer size
+    resident = set(df["resident"].round(2))  # measured from each run's KV buffer size
     s = (f"Every policy runs in the same patched llama.cpp on the same {cfg['ctx']}-token chunks of WikiText-2 "
          f"({chunks}), -b = -ub = {cfg['evict_every']}, flash attention {cfg['flash_attn']}, "
          f"sink {cfg['sink']}. Lowest KLD per kept fraction" + (" (per model)" if per_model else "") + ": "

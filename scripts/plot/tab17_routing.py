@@ -10,16 +10,18 @@ import argparse
 import math
 import sys
 
+import pandas as pd
 import textable as tt
+from elastickv import frame
 
 
-def cell(s: dict | None, p: str) -> str:
-    if s is None:
+def cell(s: pd.Series, p: str) -> str:
+    if pd.isna(s["accuracy"]):  # no run at this level
         return "--"
     acc = f"{100 * s['accuracy']:.0f}"
     g = s["element_ger_max"] if p == "elastickv" else s["ger"]
-    out = acc + " / " + ("--" if g is None else f"{g:.2f}")
-    if p == "elastickv" and s.get("kept_entries_k") is not None:  # its scales miss the target: say what it kept
+    out = acc + " / " + ("--" if pd.isna(g) else f"{g:.2f}")
+    if p == "elastickv" and pd.notna(s.get("kept_entries_k")):  # its scales miss the target: say what it kept
         out += f" ({100 * s['kept_entries_k']:.0f}\\%)"
     return out
 
@@ -27,35 +29,31 @@ def cell(s: dict | None, p: str) -> str:
 def main() -> None:
     agg = tt.load("routing_sweep.json")
     cfg = agg["config"]
-    summ = agg["data"]["summary"]
-    levels = sorted({s["kept"] for s in summ if s["policy"] != "baseline"}, reverse=True)
-    base = next(s for s in summ if s["policy"] == "baseline")
-    rows, nums = [], {}
+    summ = frame.entries(agg, key="summary")
+    levels = sorted(set(summ.loc[summ["policy"] != "baseline", "kept"]), reverse=True)
+    base = summ[summ["policy"] == "baseline"].iloc[0]
+    hc = summ.groupby("policy")["head_consensus"].mean()  # NaN: no head consensus (or no run)
+    rows, worst, nums = [], [], {}
     rows.append(["hook off"] + [f"{100 * base['accuracy']:.0f}"] + ["" for _ in levels] + ["--"])
     for p in cfg["policies"]:
-        by = {s["kept"]: s for s in summ if s["policy"] == p}
-        hc = [s["head_consensus"] for s in by.values() if s.get("head_consensus") is not None]
-        rows.append([tt.POLICY_LABELS.get(p, tt.esc(p)), ""] + [cell(by.get(k), p) for k in levels]
-                    + [f"{sum(hc) / len(hc):.2f}" if hc else "--"])
+        by = summ[summ["policy"] == p].set_index("kept").reindex(levels)  # a NaN row where a level has no run
+        rows.append([tt.POLICY_LABELS.get(p, tt.esc(p)), ""] + [cell(by.loc[k], p) for k in levels]
+                    + ["--" if pd.isna(hc.get(p)) else f"{hc[p]:.2f}"])
+        lo = by.loc[min(levels)]
+        if pd.notna(lo["accuracy"]):
+            worst.append(f"{tt.POLICY_LABELS.get(p, p)} {100 * lo['accuracy']:.0f}\\,\\%")
     header = (["policy", "off"] + [f"{100 * (1 - k):.0f}\\% compr." for k in levels] + ["head cons."])
     table = tt.tabular("ll" + "r" * (len(levels) + 1), header, rows)
 
     nums["TSeventeenBaseAcc"] = f"{100 * base['accuracy']:.0f}"
     corr = agg["data"]["pearson_ger_error"]
-    worst = []
-    for p in cfg["policies"]:
-        by = {s["kept"]: s for s in summ if s["policy"] == p}
-        lo = by.get(min(levels))
-        if lo:
-            worst.append(f"{tt.POLICY_LABELS.get(p, p)} {100 * lo['accuracy']:.0f}\\,\\%")
     rs = [f"{tt.POLICY_LABELS.get(p, p)} {r:.2f}" for p, r in corr.items() if r is not None and not math.isnan(r)]
     # policies that already lost most of their accuracy at the mildest level while GER stayed near zero
     first = max(levels)
-    early = [s for s in summ if s["policy"] not in ("baseline", "elastickv") and s["kept"] == first
-             and s["ger"] is not None and s["ger"] < 0.05 and s["accuracy"] <= base["accuracy"] / 2]
-    if early:
-        names = [tt.POLICY_LABELS.get(s["policy"], s["policy"]) for s in early]
-        nums["TSeventeenEarlyCollapse"] = ", ".join(names)
+    early = summ[~summ["policy"].isin(["baseline", "elastickv"]) & (summ["kept"] == first)
+                 & (summ["ger"] < 0.05) & (summ["accuracy"] <= base["accuracy"] / 2)]
+    if not early.empty:
+        nums["TSeventeenEarlyCollapse"] = ", ".join(tt.POLICY_LABELS.get(p, p) for p in early["policy"])
     by_task = base["by_task"]
     tasks = ", ".join(f"{tt.esc(t)} {100 * v:.0f}" + "\\,\\%" for t, v in by_task.items())
     s = (f"{agg['data']['items']} items ({tasks} "
@@ -68,7 +66,7 @@ def main() -> None:
             if rs else "")
          + ((f"{nums['TSeventeenEarlyCollapse']} lose at least half of the accuracy already at "
              f"{100 * (1 - first):.0f}\\,\\% compression with a GER below 0.05: there, answer tokens evicted from "
-             "every head do not explain the failure. ") if early else "")
+             "every head do not explain the failure. ") if not early.empty else "")
          + "With so few items per level the accuracies move in steps of "
          f"{100 / agg['data']['items']:.0f}\\,\\%; they show where accuracy collapses, not small differences.")
     nums["TSeventeenSentence"] = s

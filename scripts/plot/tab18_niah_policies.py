@@ -11,54 +11,61 @@ Reads results/niah_policies/<model>.json (scripts/eval/f5_niah.py --config table
 import argparse
 import sys
 
-import numpy as np
+import pandas as pd
 import textable as tt
+from elastickv import frame
 
 SUBDIR = "niah_policies"
 
 
-def kept_at_answer(cells: list[dict]) -> float | None:
-    """Mean kept fraction over a row's cells after the last pass before the answer (None: hook off)."""
-    vals = [1 - (c["at_answer"]["sparsity_k_all"] + c["at_answer"]["sparsity_v_all"]) / 2
-            for c in cells if c.get("at_answer")]
-    return float(np.mean(vals)) if vals else None
+def kept_at_answer(cells: pd.DataFrame) -> pd.Series:
+    """Mean kept fraction per row over its cells after the last pass before the answer (rows without: hook off)."""
+    at = cells.loc[cells["at_answer"].astype(bool), ["row", "at_answer"]]
+    kept = 1 - (at["at_answer"].str["sparsity_k_all"] + at["at_answer"].str["sparsity_v_all"]) / 2
+    return kept.groupby(at["row"]).mean()
 
 
 def main() -> None:
     aggs = tt.niah_aggregates(SUBDIR, "scripts/eval/f5_niah.py --config table18_niah_policies")
     lengths = sorted({L for a in aggs for L in a["data"]["lengths"]})
-    rows, rules, parts, nums = [], set(), [], {}
+    rows, rules, parts, nums, checked = [], set(), [], {}, []
     for a in aggs:
         d = a["data"]
         if rows:
             rules.add(len(rows))
         interior = [f"{x:g}" for x in d["depths"] if 0 < x < 1]
         n_depths = len(d["depths"])
+        cells = frame.entries(d["cells"])
+        kept_by_row = kept_at_answer(cells)
         said = []
         for i, row in enumerate(d["rows"]):
             s = d["scores"][row]
             inner = sum(s["per_depth"][x] for x in interior)
             n_inner = len(interior) * len(d["lengths"])
-            kept = kept_at_answer([c for c in d["cells"] if c["row"] == row])
+            kept = kept_by_row.get(row)
             rows.append([tt.esc(d["model"]) if i == 0 else "", tt.POLICY_LABELS.get(row, tt.esc(row))] +
                         [f"{s['per_length'][str(L)]}/{n_depths}" if str(L) in s["per_length"] else "--"
                          for L in lengths] +
                         [f"{inner}/{n_inner}", f"{s['correct']}/{s['total']}",
-                         "--" if kept is None else f"{100 * kept:.0f}"])
+                         "--" if pd.isna(kept) else f"{100 * kept:.0f}"])
             key = tt.macro_name(f"TEighteen{d['model']}{row}")
             nums[key] = f"{s['correct']}/{s['total']}"
             nums[key + "Interior"] = f"{inner}/{n_inner}"
             said.append(f"{tt.POLICY_LABELS.get(row, tt.esc(row))} {inner}/{n_inner}")
+        hook = cells[cells["row"] != "baseline"]
+        in_sink = hook["needle_in_sink"].eq(True)
+        checked.append(hook[~in_sink])
         # a needle that starts in the sinks can end beyond them: those tokens are not protected
-        outside = sorted({c["needle_tokens"][1] - c["needle_tokens"][0] - c["needle_tokens_in_sink"]
-                          for c in d["cells"] if c["needle_in_sink"] and c["row"] != "baseline"})
+        sink = hook[in_sink]
+        beyond = sink["needle_tokens"].str[1] - sink["needle_tokens"].str[0] - sink["needle_tokens_in_sink"]
+        outside = sorted(set(beyond.astype(int)))
         tail = (f"; at the first depth the needle starts in the sinks, with {' or '.join(map(str, outside))} of its "
                 "tokens beyond them" if outside else "")
         parts.append(f"{tt.esc(d['model'])} (lengths {', '.join(map(str, d['lengths']))}): " + ", ".join(said) + tail)
     cfg = aggs[0]["config"]
     # the hook must have acted on the needle before the answer (SPEC §2): count the cells where it did
-    hook_cells = [c for a in aggs for c in a["data"]["cells"] if c["row"] != "baseline" and not c["needle_in_sink"]]
-    acted = sum(bool(c["needle_thresholded_before_answer"]) for c in hook_cells)
+    hook_cells = pd.concat(checked)
+    acted = hook_cells["needle_thresholded_before_answer"].eq(True).sum()
     budgets = {r["budget"] for r in cfg["rows"] if "budget" in r}
     if len(budgets) != 1:
         raise ValueError(f"Table 18 compares the policies at one budget; the config has {sorted(budgets)}")

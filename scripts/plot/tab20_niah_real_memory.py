@@ -14,21 +14,20 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
+import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import textable as tt  # noqa: E402
+from elastickv import frame  # noqa: E402
 
 SUBDIR = "niah_real_memory"
 
 
-def kv_mib(cells: list[dict]) -> dict[int, float]:
-    """Mean real KV MiB of these cells per length, from their records."""
-    out: dict[int, list[float]] = {}
-    for c in cells:
-        rec = json.loads((tt.ROOT / c["record"]).read_text())
-        out.setdefault(int(c["length"]), []).append(rec["metrics"]["kv_mib"])
-    return {L: float(np.mean(v)) for L, v in out.items()}
+def kv_mib(cells: list[dict]) -> pd.DataFrame:
+    """Mean real KV MiB of the cells per row and length (rows x lengths; NaN: no cell), from their records."""
+    df = frame.entries(cells)
+    df["kv_mib"] = [json.loads((tt.ROOT / r).read_text())["metrics"]["kv_mib"] for r in df["record"]]
+    return df.pivot_table(index="row", columns="length", values="kv_mib", aggfunc="mean")
 
 
 def main() -> None:
@@ -41,23 +40,23 @@ def main() -> None:
             rules.add(len(rows))
         interior = [f"{x:g}" for x in d["depths"] if 0 < x < 1]
         n_depths = len(d["depths"])
-        base = kv_mib([c for c in d["cells"] if c["row"] == "baseline"])
+        mib = kv_mib(d["cells"])
+        savings = mib.loc["baseline"] / mib  # against the f16 baseline of the same length
         said = []
         for i, row in enumerate(d["rows"]):
             s = d["scores"][row]
             inner = sum(s["per_depth"][x] for x in interior)
             n_inner = len(interior) * len(d["lengths"])
-            mib = kv_mib([c for c in d["cells"] if c["row"] == row])
-            saving = {L: base[L] / mib[L] for L in mib if L in base}
+            m, saving = mib.loc[row], savings.loc[row]
             rows.append([tt.esc(d["model"]) if i == 0 else "", tt.esc(row)] +
                         [f"{s['per_length'][str(L)]}/{n_depths}" if str(L) in s["per_length"] else "--"
                          for L in lengths] +
                         [f"{inner}/{n_inner}", f"{s['correct']}/{s['total']}"] +
-                        [f"{mib[L]:.2f} ({saving[L]:.1f}$\\times$)" if L in mib else "--" for L in lengths])
+                        [f"{m[L]:.2f} ({saving[L]:.1f}$\\times$)" if pd.notna(m.get(L)) else "--" for L in lengths])
             key = tt.macro_name(f"TTwenty{d['model']}{row}")
             nums[key] = f"{s['correct']}/{s['total']}"
             nums[key + "Interior"] = f"{inner}/{n_inner}"
-            lo, hi = f"{min(saving.values()):.1f}", f"{max(saving.values()):.1f}"
+            lo, hi = f"{saving.min():.1f}", f"{saving.max():.1f}"
             said.append(f"{tt.esc(row)} {inner}/{n_inner} ({lo if lo == hi else lo + '--' + hi}$\\times$ less KV memory)")
         parts.append(f"{tt.esc(d['model'])} (lengths {', '.join(map(str, d['lengths']))}): " + ", ".join(said))
     cfg = aggs[0]["config"]

@@ -17,7 +17,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+import pandas as pd
 import textable as tt
+from elastickv import frame
 
 RESULT = "notebook_protocol.json"
 PANEL = ("narrative", 2048)
@@ -31,42 +33,45 @@ def nb(key: str) -> str:
     return f"PPL {NB_PPL[key]:.2f} ({100 * (NB_PPL[key] / NB_FULL - 1):+.1f}\\,\\%)"
 
 
-def dppl(e: dict) -> str:
-    return f"{100 * (e['ppl']['value'] / e['ppl_base']['value'] - 1):+.1f}\\,\\%"
+def dppl(e: pd.Series) -> str:
+    return f"{100 * (e['ppl'] / e['ppl_base'] - 1):+.1f}\\,\\%"
 
 
-def measured(e: dict | None, base: dict) -> str:
+def measured(e: pd.Series | None, base: dict) -> str:
     if e is None:
         return "not run"
-    return (f"PPL {e['ppl']['value']:.2f} ({dppl(e)}), KLD {max(e['kld']['value'], 0.0):.4f}, "
+    return (f"PPL {e['ppl']:.2f} ({dppl(e)}), KLD {max(e['kld'], 0.0):.4f}, "
             f"real KV saving {base['kv_real_mib'] / e['kv_real_mib']:.2f}$\\times$")
 
 
 def main() -> None:
     agg = tt.load(RESULT)
     data = agg["data"]
-    es = [e for e in data["entries"] if (e["document"], e["ctx"]) == PANEL]
-    if not es:
+    df = frame.entries(agg)
+    es = df[(df["document"] == PANEL[0]) & (df["ctx"] == PANEL[1])]
+    if es.empty:
         raise tt.MissingResult(f"results/{RESULT} has no narrative c2048 run yet; run scripts/eval/notebook_protocol.py")
     base = data["baselines"][f"{PANEL[0]}-c{PANEL[1]}"]
 
-    def at(row: str, budget: int = 256) -> dict | None:
-        return tt.entry(es, row=row, budget=budget)
+    def at(row: str, budget: int = 256) -> pd.Series | None:
+        """The panel's first run of ``row`` at ``budget``, or None."""
+        hit = es[(es["row"] == row) & (es["budget"] == budget)]
+        return None if hit.empty else hit.iloc[0]
 
     def over(row: str) -> str:
         e = at(row)
-        if e is None or e["evict_overhead_pct"] is None:
+        if e is None or pd.isna(e["evict_overhead_pct"]):
             return "--"
         dec = (data["bench"] or {}).get("overhead", {}).get(row)
         d = f", decode {dec['overhead_pct_mean']:+.1f}\\,\\%" if dec else ""
         return f"{e['evict_overhead_pct']:.2f}\\,\\% ({e['pass_ms_mean']:.2f} ms/pass){d}"
 
-    b512 = [e for e in es if e["budget"] == 512]
-    zero = [e for e in b512 if e["kld"]["value"] <= 0]
-    lo512 = min(b512, key=lambda e: e["kld"]["value"]) if b512 else None
+    b512 = es[es["budget"] == 512]
+    zero = (b512["kld"] <= 0).sum()
+    lo512 = b512.loc[b512["kld"].idxmin()] if len(b512) else None
     h2o, learned = at("h2o-80-20"), at("learned")
-    freed = [e for e in es if e["kv_cells_cap"] is not None]
-    best_saving = max(freed, key=lambda e: base["kv_real_mib"] / e["kv_real_mib"]) if freed else None
+    freed = es[es["kv_cells_cap"].notna()]  # rows whose evictions free cells (run under a physical cap)
+    best_saving = freed.loc[(base["kv_real_mib"] / freed["kv_real_mib"]).idxmax()] if len(freed) else None
     rows = [
         ["Full cache at 2,048 tokens", f"PPL {NB_FULL:.2f} (TinyLlama-1.1B)",
          f"PPL {base['ppl']['value']:.2f} ({tt.esc(agg['config']['model'])}, f16 cache)",
@@ -86,11 +91,12 @@ def main() -> None:
          "the notebook times Python eviction calls against one HF forward pass; here the hook's own C++ time per pass against llama.cpp's forward time, and llama-bench decode interleaved with the hook off"],
         ["Memory", "0.8 GB for every method",
          (f"dense rows 1.00$\\times$; rows that free cells down to {best_saving['kv_real_mib']:.2f} MiB of "
-          f"{base['kv_real_mib']:.2f} ({tt.esc(best_saving['row'])}, B = {best_saving['budget']})" if best_saving else "--"),
+          f"{base['kv_real_mib']:.2f} ({tt.esc(best_saving['row'])}, B = {best_saving['budget']})"
+          if best_saving is not None else "--"),
          "the notebook measured after building the full K/V of a 614-token text, before any eviction; here llama.cpp's own KV size line of each run"],
         ["4$\\times$ (B = 512) with no degradation", "no loss at B $\\ge$ 512",
-         (f"{len(b512) - len(zero)} of {len(b512)} rows lose quality at B = 512 (lowest KLD "
-          f"{lo512['kld']['value']:.4f}, {tt.esc(lo512['row'])})" if lo512 else "not run"),
+         (f"{len(b512) - zero} of {len(b512)} rows lose quality at B = 512 (lowest KLD "
+          f"{lo512['kld']:.4f}, {tt.esc(lo512['row'])})" if lo512 is not None else "not run"),
          "on its short texts (WikiText-2 lines of 500 characters or more) budgets of 512 cells and more never evicted; here every run evicts (Table~\\ref{tab:notebook})"],
         ["Learned eviction replaces H2O", "claimed, never applied", measured(learned, base),
          "the notebook's evaluation skipped every window that needed an eviction (a dtype error); here the MLP runs in the hook, trained on H2O's choices over validation text"],
@@ -102,9 +108,9 @@ def main() -> None:
     nums["TTwentyTwoLearnedAuc"] = f"{trained['holdout_auc']:.3f}"
     nums["TTwentyTwoLearnedSamples"] = f"{trained['samples']:,}"
 
-    if h2o and learned:
-        nums["TTwentyTwoLearnedKld"] = f"{learned['kld']['value']:.4f}"
-        nums["TTwentyTwoHTwoOKld"] = f"{h2o['kld']['value']:.4f}"
+    if h2o is not None and learned is not None:
+        nums["TTwentyTwoLearnedKld"] = f"{learned['kld']:.4f}"
+        nums["TTwentyTwoHTwoOKld"] = f"{h2o['kld']:.4f}"
     tt.write("tab22_notebook_claims", table, nums, "scripts/plot/tab22_notebook_claims.py")
 
 
