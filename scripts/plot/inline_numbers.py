@@ -48,17 +48,19 @@ def main() -> None:
         ("the comparison with llama.cpp's q8\\_0 cache depends on the model (see Table~\\ref{tab:ppl})")
     # decode speed with the physical cap against without (scripts/bench/decode_overhead.py --cap)
     cap = tt.load("bench/cap_speed_cpu.json")
+    sentences = []  # one per measured depth
     for depth, e in cap["metrics"]["overhead"].items():
         c = e["capped"]
         env = cap["settings"]["variants"]["capped"]
         spread = (f", rounds from {tt.num(1 + c['overhead_pct_min'] / 100, 2)} to {tt.num(1 + c['overhead_pct_max'] / 100, 2)}"
                   if c["rounds"] > 1 else "")
-        nums["InCapSpeedSentence"] = (
+        sentences.append(
             f"Decode at depth {int(depth):,} through {int(env['ELASTICKV_KV_CELLS']):,} cells "
             f"(streaming, {int(env['ELASTICKV_BUDGET']):,} positions kept) takes {tt.num(c['ratio_mean'], 2)}$\\times$ "
             f"the time per token of the uncapped cache (llama-bench, {c['rounds']} interleaved rounds of "
             f"{cap['settings']['n_gen']} tokens{spread}; {tt.esc(cap['device']['cpu'] or '')}, "
             f"{cap['settings']['threads']} threads).")
+    nums["InCapSpeedSentence"] = " ".join(sentences)
     tt.write("inline", "", nums, "scripts/plot/inline_numbers.py")
 
 
