@@ -60,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
             cfg11 = config.load(args.config11, mod.DEFAULTS, args.overrides11)
             mod.run(cfg11, force=args.force)
             print(f"f4_threshold_ablation: {cfg11['output']} written")
-    except startup.driver_errors(pypi.FetchError, *kvanalysis.USER_ERRORS) as e:
+    except startup.driver_errors(pypi.FetchError, kvanalysis.AnalysisError) as e:
         return startup.fail(__file__, e)
     return 0
 

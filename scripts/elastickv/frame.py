@@ -48,12 +48,14 @@ def _scalars(prefix: str, obj: dict | None) -> dict:
     return {f"{prefix}{k}": v for k, v in (obj or {}).items() if isinstance(v, SCALARS)}
 
 
-def _metrics(metrics: dict) -> dict:
+def _metrics(metrics: dict, objects: bool = False) -> dict:
+    """``{"value", "stderr"}`` metrics as ``<name>`` and ``<name>_stderr``, scalars as they are; other values (lists,
+    objects) only with ``objects``."""
     out = {}
     for k, v in metrics.items():
         if isinstance(v, dict) and set(v) == {"value", "stderr"}:
             out[k], out[f"{k}_stderr"] = v["value"], v["stderr"]
-        elif isinstance(v, SCALARS):
+        elif objects or isinstance(v, SCALARS):
             out[k] = v
     return out
 
@@ -77,16 +79,7 @@ def entries(agg: dict | list, key: str = "entries") -> pd.DataFrame:
     """The entries of an aggregate (or a list of entry dicts) as a DataFrame (see the module text); the entries'
     order is kept. An empty list gives an empty frame."""
     items = agg if isinstance(agg, list) else agg["data"][key]
-    rows = []
-    for e in items:
-        r = {}
-        for k, v in e.items():
-            if isinstance(v, dict) and set(v) == {"value", "stderr"}:
-                r[k], r[f"{k}_stderr"] = v["value"], v["stderr"]
-            else:
-                r[k] = v
-        rows.append(r)
-    return pd.DataFrame(rows)
+    return pd.DataFrame([_metrics(e, objects=True) for e in items])
 
 
 def load_runs(folder: str | Path = "results", kinds: tuple[str, ...] = RUN_KINDS) -> pd.DataFrame:
