@@ -77,19 +77,15 @@ def test_missing_line_is_an_error():
 
 
 def test_per_chunk_values_from_running_means():
-    """Per-chunk values derived from llama-perplexity's running means (scripts/eval/ppl_tables.py) average back
+    """Per-chunk values derived from llama-perplexity's running means (logparse.per_chunk_deltas) average back
     to the printed totals of a recorded 10-chunk KLD run."""
     import math
-    import sys
 
-    sys.path.insert(0, str(Path(__file__).parents[1] / "scripts" / "eval"))
-    import ppl_tables
-
-    assert ppl_tables.per_chunk_deltas([2.0, 3.0, 3.0]) == [2.0, 4.0, 3.0]
+    assert logparse.per_chunk_deltas([2.0, 3.0, 3.0]) == [2.0, 4.0, 3.0]
     k = logparse.kld_stats(read("perplexity_kld_sink4_10chunks.log"))
     assert len(k.per_chunk) == 10
-    nll = ppl_tables.per_chunk_deltas([math.log(c["ppl"]) for c in k.per_chunk])
-    kld = ppl_tables.per_chunk_deltas([c["kld"] for c in k.per_chunk])
+    nll = logparse.per_chunk_deltas([math.log(c["ppl"]) for c in k.per_chunk])
+    kld = logparse.per_chunk_deltas([c["kld"] for c in k.per_chunk])
     assert math.exp(sum(nll) / 10) == pytest.approx(k.ppl[0], rel=1e-4)
     assert sum(kld) / 10 == pytest.approx(k.kld[0], abs=1e-4)
     assert all(x > 0 for x in kld)  # every chunk's own KLD is positive

@@ -161,14 +161,15 @@ def shared_score(t: dump.TokenPass) -> np.ndarray:
     return t.score.reshape(-1, t.score.shape[-1]).sum(axis=0)
 
 
-def diverged_chunks(logical: Path, physical: Path, by_score: bool, per_chunk: int) -> set[int]:
+def diverged_chunks(want: dict, logical: Path, physical: Path, by_score: bool, per_chunk: int) -> set[int]:
     """Chunks (from 0; per_chunk passes each) in which a pass of the physical run kept another cell set than the
     logical run's same pass.
 
     Without scores (by_score False) no chunk may diverge. With scores a chunk may, at its first differing pass, and
     only as a near-tie: every cell one run kept and the other evicted has, in both runs' dumps, a score within
-    NEAR_TIE of the others'. The chunk's later passes then start from other cells and are not compared."""
-    want, got = kept_positions(logical), kept_positions(physical)
+    NEAR_TIE of the others'. The chunk's later passes then start from other cells and are not compared. ``want``:
+    kept_positions of the logical run."""
+    got = kept_positions(physical)
     assert sorted(want) == sorted(got), "the physical run made other passes"
     out = set()
     for key in sorted(want):
@@ -226,8 +227,8 @@ def test_physical_eviction_gives_the_logits_of_logical_eviction(f32_model, tmp_p
                              env=env | extra | {"ELASTICKV_DUMP": str(folder), "ELASTICKV_STATS": str(stats)}, chunks=4)
         assert r.rc == 0, r.log[-2000:]
         k = logparse.kld_stats(r.log)
-        diverged = diverged_chunks(tmp_path / "logical", folder, by_score=hook["ELASTICKV_POLICY"] == "h2o",
-                                   per_chunk=7)
+        diverged = diverged_chunks(decisions, tmp_path / "logical", folder,
+                                   by_score=hook["ELASTICKV_POLICY"] == "h2o", per_chunk=7)
         if not diverged:
             assert abs(k.ppl[0] / ppl_logical - 1) <= PPL_TOL, (label, k.ppl[0], ppl_logical)
             assert k.kld[0] <= 1e-6, (label, k.kld)
@@ -235,12 +236,11 @@ def test_physical_eviction_gives_the_logits_of_logical_eviction(f32_model, tmp_p
             assert len(diverged) < 4, f"{label}: near-ties broken the other way in every chunk"
             assert k.kld[0] <= 1e-3 and k.same_top_p[0] >= 99.0, (label, diverged, k.kld, k.same_top_p)
             # the rows are running means over the chunks, printed to 5 decimals: a chunk's own KLD is a difference
-            rows = {c["chunk"]: c["kld"] for c in k.per_chunk}
-            assert sorted(rows) == [1, 2, 3, 4], rows
-            for c in range(1, 5):
-                if c - 1 not in diverged:  # chunks count from 0 here, from 1 in the rows
-                    own = rows[c] * c - rows.get(c - 1, 0.0) * (c - 1)
-                    assert own <= 5e-5 * c, (label, c, rows)
+            assert [c["chunk"] for c in k.per_chunk] == [1, 2, 3, 4], k.per_chunk
+            own = logparse.per_chunk_deltas([c["kld"] for c in k.per_chunk])
+            for c, x in enumerate(own):  # chunks from 0, as diverged counts them
+                if c not in diverged:
+                    assert x <= 5e-5 * (c + 1), (label, c, own)
         passes = stats_records(stats, "evict_pass")
         assert sum(p["freed"] for p in passes) > 0
         # all but the newest cell when the budget is below the sinks (evicted, never freed): what is kept is resident

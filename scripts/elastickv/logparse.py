@@ -88,6 +88,16 @@ class KldStats:
     per_chunk: list[dict] = field(default_factory=list)
 
 
+def per_chunk_deltas(running: list[float]) -> list[float]:
+    """Per-chunk values from llama-perplexity's running means (the rows of ``KldStats.per_chunk``; chunks of equal
+    token counts): x_i = i·m_i − (i−1)·m_{i−1}."""
+    out, prev = [], 0.0
+    for i, m in enumerate(running, start=1):
+        out.append(i * m - (i - 1) * prev)
+        prev = m
+    return out
+
+
 def kld_stats(text: str) -> KldStats:
     """Parses the statistics block that ``llama-perplexity --kl-divergence`` prints at the end."""
     pm = rf"{_NUM}\s*±\s*{_NUM}"

@@ -51,16 +51,6 @@ def row_settings(cfg: dict, model: str, ctx: int, chunks: int, row: dict) -> ppl
                            threads=cfg["threads"], variant=cfg["variant"], hook=hook)
 
 
-def per_chunk_deltas(running: list[float]) -> list[float]:
-    """Per-chunk values from llama-perplexity's running means (chunks of equal token counts):
-    x_i = i·m_i − (i−1)·m_{i−1}."""
-    out, prev = [], 0.0
-    for i, m in enumerate(running, start=1):
-        out.append(i * m - (i - 1) * prev)
-        prev = m
-    return out
-
-
 def entry(model: str, ctx: int, row: dict, rec: dict, base_ppl: float, rec_path: Path) -> dict:
     m = rec["metrics"]
     sk, sv, nominal, bitmap = m["sparsity_k_all"], m["sparsity_v_all"], m["nominal"], m["bitmap"]
@@ -76,7 +66,7 @@ def entry(model: str, ctx: int, row: dict, rec: dict, base_ppl: float, rec_path:
         k = logparse.kld_stats((paths.ROOT / rec["log"]).read_text(errors="replace"))
         cols = {"nll": [math.log(c["ppl"]) for c in k.per_chunk], "delta_nll": [c["ln_ratio"] for c in k.per_chunk],
                 "kld": [c["kld"] for c in k.per_chunk], "same_top_p_pct": [c["same_top_p"] for c in k.per_chunk]}
-        cols = {name: per_chunk_deltas(v) for name, v in cols.items()}
+        cols = {name: logparse.per_chunk_deltas(v) for name, v in cols.items()}
         per_chunk = [dict(zip(cols, vals)) for vals in zip(*cols.values())]
     return {
         "model": model, "ctx": ctx, "row": row["name"], "cache": rec["settings"]["cache_type_k"],
